@@ -1,0 +1,124 @@
+//! Command-line options. Clap types stop here: [`Opts::into_config`] turns them into the
+//! validated [`Config`] that the rest of the crate takes.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::{Command, Config, InitConfig, PlatformKeyAction, RewrapConfig, StatusConfig};
+use crate::error::{Error, ExitCode};
+use crate::keys::{KeyContext, KeyRef};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "xtsfs",
+    version,
+    about = "AES-256-XTS encrypted FUSE filesystem with platform- and customer-managed keys"
+)]
+#[command(after_help = ExitCode::HELP)]
+pub struct Opts {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// Platform key store directory.
+    #[arg(long, global = true, env = "XTSFS_PLATFORM_KEY_DIR", default_value = KeyContext::DEFAULT_PLATFORM_KEY_DIR)]
+    platform_key_dir: PathBuf,
+
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Create a volume in an empty or absent backing directory.
+    Init {
+        backing: PathBuf,
+        /// Key-encryption key: mmk[:ID] (default mmk:default) or pem:PATH.
+        #[arg(long, default_value = "mmk")]
+        key: String,
+        /// Store file names unencrypted.
+        #[arg(long)]
+        plaintext_names: bool,
+    },
+    /// Show a volume's format and protector, and whether its key is reachable now.
+    Status {
+        backing: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Check this key instead of the one the header records.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Wrap the volume key under another key-encryption key; data is not touched.
+    Rewrap {
+        backing: PathBuf,
+        /// The new key-encryption key.
+        #[arg(long)]
+        key: String,
+        /// Unwrap with this key instead of the one the header records.
+        #[arg(long)]
+        current_key: Option<String>,
+    },
+    /// Manage the platform key store.
+    PlatformKey {
+        #[command(subcommand)]
+        action: PlatformKeyCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PlatformKeyCmd {
+    /// Create version 1 of a new platform key.
+    Create { id: String },
+    /// List platform keys and their versions.
+    List,
+    /// Add a new version of a platform key; old versions are kept.
+    Rotate { id: String },
+}
+
+impl Opts {
+    pub fn into_config(self) -> Result<Config, Error> {
+        let keys = KeyContext {
+            platform_key_dir: self.platform_key_dir,
+        };
+        let parse_key = |text: &str| KeyRef::parse(text).map_err(|e| Error::Usage(e.to_string()));
+        let parse_opt = |text: Option<String>| text.as_deref().map(parse_key).transpose();
+        let command = match self.command {
+            Sub::Init {
+                backing,
+                key,
+                plaintext_names,
+            } => Command::Init(InitConfig {
+                backing,
+                key: parse_key(&key)?,
+                encrypt_names: !plaintext_names,
+            }),
+            Sub::Status { backing, json, key } => Command::Status(StatusConfig {
+                backing,
+                json,
+                key: parse_opt(key)?,
+            }),
+            Sub::Rewrap {
+                backing,
+                key,
+                current_key,
+            } => Command::Rewrap(RewrapConfig {
+                backing,
+                key: parse_key(&key)?,
+                current_key: parse_opt(current_key)?,
+            }),
+            Sub::PlatformKey { action } => Command::PlatformKey(match action {
+                PlatformKeyCmd::Create { id } => PlatformKeyAction::Create(id),
+                PlatformKeyCmd::List => PlatformKeyAction::List,
+                PlatformKeyCmd::Rotate { id } => PlatformKeyAction::Rotate(id),
+            }),
+        };
+        Ok(Config {
+            verbosity: self.verbose,
+            keys,
+            command,
+        })
+    }
+}

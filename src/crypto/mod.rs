@@ -1,0 +1,77 @@
+//! The crypto core: the volume data key and what is derived from it, the XTS data-unit
+//! cipher and the filename cipher.
+
+pub mod names;
+pub mod secret;
+pub mod xts;
+
+use hkdf::Hkdf;
+use sha2::Sha512;
+
+use secret::SecretBytes;
+use xts::Xts256;
+
+/// Size of one XTS data unit of file contents.
+pub const DATA_UNIT: usize = 4096;
+/// Size of the random per-file nonce the contents key is derived from.
+pub const FILE_NONCE_LEN: usize = 16;
+/// Size of the volume data key: an AES-256-XTS key pair.
+pub const DEK_LEN: usize = 64;
+
+const INFO_CONTENTS: &[u8] = b"xtsfs v1 contents";
+const INFO_NAMES: &[u8] = b"xtsfs v1 names";
+const INFO_HEADER_MAC: &[u8] = b"xtsfs v1 header mac";
+
+#[derive(Debug, thiserror::Error)]
+#[error("the OS random number generator failed: {0}")]
+pub struct RandomError(#[from] getrandom::Error);
+
+/// The volume data key (DEK). Every other key is derived from it with HKDF-SHA512, so
+/// rewrapping it under a new KEK never touches data.
+#[derive(Clone, Debug)]
+pub struct VolumeKey(SecretBytes<DEK_LEN>);
+
+impl VolumeKey {
+    pub fn generate() -> Result<Self, RandomError> {
+        Ok(VolumeKey(SecretBytes::random()?))
+    }
+
+    /// `None` unless `bytes` is exactly [`DEK_LEN`] long.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        SecretBytes::from_slice(bytes).map(VolumeKey)
+    }
+
+    pub fn expose(&self) -> &[u8; DEK_LEN] {
+        self.0.expose()
+    }
+
+    fn derive<const N: usize>(&self, info: &[&[u8]]) -> SecretBytes<N> {
+        let mut okm = SecretBytes::<N>::zeroed();
+        Hkdf::<Sha512>::new(None, self.0.expose())
+            .expand_multi_info(info, okm.expose_mut())
+            .expect("HKDF-SHA512 output of at most 64 bytes is always valid");
+        okm
+    }
+
+    /// The XTS cipher for one file's contents, from the file's random nonce.
+    pub fn file_cipher(&self, nonce: &[u8; FILE_NONCE_LEN]) -> Xts256 {
+        Xts256::new(&self.derive::<64>(&[INFO_CONTENTS, nonce]))
+    }
+
+    /// The AES-256-SIV key for file names and symlink targets.
+    pub fn names_key(&self) -> SecretBytes<64> {
+        self.derive(&[INFO_NAMES])
+    }
+
+    /// The HMAC-SHA256 key that authenticates the volume header.
+    pub fn header_mac_key(&self) -> SecretBytes<32> {
+        self.derive(&[INFO_HEADER_MAC])
+    }
+}
+
+/// `N` random bytes for public values: nonces, volume ids.
+pub fn random_array<const N: usize>() -> Result<[u8; N], RandomError> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes)
+}

@@ -1,0 +1,100 @@
+//! The crate's error type, what to tell the user about each error, and exit codes.
+
+use std::path::PathBuf;
+
+use crate::keys::KeyError;
+use crate::volume::header::HeaderError;
+
+/// Process exit codes, documented in `xtsfs --help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    Success = 0,
+    /// An error not covered below (I/O, the backing file system).
+    Failure = 1,
+    /// The command line was wrong.
+    Usage = 2,
+    /// A key could not be found, read, used, or was the wrong one.
+    Key = 3,
+    /// The backing directory is not a usable volume (no header, corrupt header, not empty).
+    Volume = 4,
+    /// Mounting or unmounting failed.
+    Mount = 5,
+}
+
+impl ExitCode {
+    pub const HELP: &'static str = "Exit codes: 0 success, 1 other failure (I/O), 2 usage error, \
+3 key error (missing, unreadable, unsupported, wrong or denied key), \
+4 volume error (not a volume, corrupt header, backing not empty), 5 mount or unmount failed.";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("'{0}' is not an xtsfs volume (it has no xtsfs.header)")]
+    NotAVolume(PathBuf),
+    #[error("'{0}' is not empty")]
+    NotEmpty(PathBuf),
+    #[error("corrupt volume header '{path}': {source}")]
+    Header { path: PathBuf, source: HeaderError },
+    #[error("{0}")]
+    Mount(String),
+    #[error("{context} '{path}': {source}")]
+    Io {
+        context: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn io(
+        context: impl Into<String>,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let (context, path) = (context.into(), path.into());
+        move |source| Error::Io {
+            context,
+            path,
+            source,
+        }
+    }
+
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Usage(_) => ExitCode::Usage,
+            Error::Key(_) => ExitCode::Key,
+            Error::NotAVolume(_) | Error::NotEmpty(_) | Error::Header { .. } => ExitCode::Volume,
+            Error::Mount(_) => ExitCode::Mount,
+            Error::Io { .. } => ExitCode::Failure,
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Usage(_) => Some("see xtsfs --help".into()),
+            Error::Key(e) => Some(e.hint()),
+            Error::NotAVolume(_) => Some("create one with xtsfs init, or check the path".into()),
+            Error::NotEmpty(_) => {
+                Some("init needs an empty or absent directory; pick another path".into())
+            }
+            Error::Header {
+                source: HeaderError::Mac,
+                ..
+            } => Some(
+                "restore xtsfs.header from a backup; do not trust this volume's metadata".into(),
+            ),
+            Error::Header { .. } => Some(
+                "restore xtsfs.header from a backup, or use an xtsfs that reads this format".into(),
+            ),
+            Error::Mount(_) => None,
+            Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                Some("the backing file system is full: free space, then retry".into())
+            }
+            Error::Io { .. } => None,
+        }
+    }
+}

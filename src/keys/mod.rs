@@ -1,0 +1,171 @@
+//! Key-encryption keys (KEKs). Every kind of key sits behind [`KeyProvider`]; the one
+//! contract suite in tests/key_providers.rs runs against each of them.
+
+pub mod mmk;
+pub mod pem;
+mod protector;
+mod secure_file;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::crypto::VolumeKey;
+pub use protector::{KeyDescription, KeyKind, Protector};
+
+/// Wraps and unwraps the volume data key with one key-encryption key.
+///
+/// `unwrap` follows age's identity model: `None` means "this protector is not for my
+/// key" (another kind or key id), `Some(Err(..))` means it is mine but unwrapping failed.
+pub trait KeyProvider: Send + Sync {
+    /// Which key (and which version of it) a `wrap` uses now.
+    fn describe(&self) -> Result<KeyDescription, KeyError>;
+    fn wrap(&self, dek: &VolumeKey) -> Result<Protector, KeyError>;
+    fn unwrap(&self, protector: &Protector) -> Option<Result<VolumeKey, KeyError>>;
+}
+
+/// Where key providers look for things that are not part of a key reference.
+#[derive(Debug, Clone)]
+pub struct KeyContext {
+    pub platform_key_dir: PathBuf,
+}
+
+impl KeyContext {
+    pub const DEFAULT_PLATFORM_KEY_DIR: &'static str = "/var/lib/xtsfs/platform-keys";
+}
+
+/// A key reference as the user writes it: `mmk`, `mmk:ID`, `pem:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    Mmk { id: String },
+    Pem { path: PathBuf },
+}
+
+impl KeyRef {
+    pub const DEFAULT_MMK_ID: &'static str = "default";
+
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let (scheme, rest) = text.split_once(':').unwrap_or((text, ""));
+        match scheme {
+            "mmk" if rest.is_empty() => Ok(KeyRef::Mmk {
+                id: Self::DEFAULT_MMK_ID.into(),
+            }),
+            "mmk" => {
+                mmk::validate_id(rest)?;
+                Ok(KeyRef::Mmk { id: rest.into() })
+            }
+            "pem" if !rest.is_empty() => Ok(KeyRef::Pem {
+                path: PathBuf::from(rest),
+            }),
+            _ => Err(KeyError::InvalidRef(text.into())),
+        }
+    }
+
+    /// The provider for this key. Opening checks the reference (store permissions, file
+    /// parses as a supported key) but does not yet use the key.
+    pub fn open(&self, ctx: &KeyContext) -> Result<Box<dyn KeyProvider>, KeyError> {
+        Ok(match self {
+            KeyRef::Mmk { id } => Box::new(mmk::MmkProvider::open(&ctx.platform_key_dir, id)?),
+            KeyRef::Pem { path } => Box::new(pem::PemProvider::open(path)?),
+        })
+    }
+}
+
+impl fmt::Display for KeyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyRef::Mmk { id } => write!(f, "mmk:{id}"),
+            KeyRef::Pem { path } => write!(f, "pem:{}", path.display()),
+        }
+    }
+}
+
+/// Wraps with `provider`, then unwraps the result and compares, so a key that cannot
+/// unwrap (a public-only token object, a denied decrypt permission) is caught before
+/// anything is written.
+pub fn wrap_checked(provider: &dyn KeyProvider, dek: &VolumeKey) -> Result<Protector, KeyError> {
+    let protector = provider.wrap(dek)?;
+    let unwrapped = provider.unwrap(&protector).ok_or_else(|| {
+        KeyError::RoundTrip("the provider did not recognise its own protector".into())
+    })??;
+    if unwrapped.expose() != dek.expose() {
+        return Err(KeyError::RoundTrip(
+            "unwrapping gave back a different key".into(),
+        ));
+    }
+    Ok(protector)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("'{0}' is not a key reference")]
+    InvalidRef(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("permissions {mode:04o} for '{path}' are too open")]
+    TooOpen { path: PathBuf, mode: u32 },
+    #[error("'{path}' is owned by uid {owner}, not by uid {expected} or root")]
+    WrongOwner {
+        path: PathBuf,
+        owner: u32,
+        expected: u32,
+    },
+    #[error("only RSA keys of 2048, 3072 or 4096 bits are supported ({0})")]
+    Unsupported(String),
+    #[error("wrong key: the volume needs {needed}, but was given {given}")]
+    WrongKey { needed: String, given: String },
+    #[error("the volume key did not unwrap with {key}: {detail}")]
+    UnwrapFailed { key: String, detail: String },
+    #[error("access to {key} was denied: {detail}")]
+    Denied { key: String, detail: String },
+    #[error("{key} is unavailable: {detail}")]
+    Unavailable { key: String, detail: String },
+    #[error("the key failed its wrap/unwrap check: {0}")]
+    RoundTrip(String),
+    #[error("{context} '{path}': {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Random(#[from] crate::crypto::RandomError),
+}
+
+impl KeyError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            KeyError::InvalidRef(_) => {
+                "use --key mmk, mmk:ID or pem:PATH".into()
+            }
+            KeyError::NotFound(_) => "check the key reference, or the --platform-key-dir / XTSFS_PLATFORM_KEY_DIR the volume was made with".into(),
+            KeyError::TooOpen { path, .. } => format!(
+                "key material must be readable by its owner only: run chmod go-rwx '{}'",
+                path.display()
+            ),
+            KeyError::WrongOwner { path, expected, .. } => {
+                format!("run chown {expected} '{}'", path.display())
+            }
+            KeyError::Unsupported(_) => "give an RSA private key (PKCS#8 or PKCS#1 PEM), e.g. openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072".into(),
+            KeyError::WrongKey { .. } => "pass the key the volume was last wrapped with (xtsfs status shows it)".into(),
+            KeyError::UnwrapFailed { .. } => "the header's wrapped key or the key itself is damaged; restore the key or the header from backup".into(),
+            KeyError::Denied { .. } => "grant this host decrypt/unwrap permission on the key, then retry".into(),
+            KeyError::Unavailable { .. } => "check that the key service is reachable, then retry".into(),
+            KeyError::RoundTrip(_) => "the key must allow both wrap (encrypt) and unwrap (decrypt)".into(),
+            KeyError::Io { .. } => "check that the path exists and is readable".into(),
+            KeyError::Random(_) => "the system's random source is broken; do not create volumes on this machine".into(),
+        }
+    }
+}
+
+pub(crate) fn io_error(
+    context: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> KeyError {
+    let path = path.into();
+    move |source| KeyError::Io {
+        context,
+        path,
+        source,
+    }
+}

@@ -1,0 +1,151 @@
+//! Customer-managed RSA keys in a PEM file. The wrap is RSA-OAEP with SHA-256 and MGF1-SHA-256
+//! (RSA-OAEP-256, as Key Vault and KMS name it). The key version is the SHA-256 fingerprint
+//! of the public key's SubjectPublicKeyInfo.
+
+use std::path::{Path, PathBuf};
+
+use rsa::pkcs1::DecodeRsaPrivateKey;
+use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
+use rsa::sha2::{Digest, Sha256};
+use rsa::traits::PublicKeyParts;
+use rsa::{Oaep, RsaPrivateKey, RsaPublicKey};
+
+use super::secure_file::read_private;
+use super::{io_error, KeyDescription, KeyError, KeyKind, KeyProvider, Protector};
+use crate::crypto::secret::SecretVec;
+use crate::crypto::VolumeKey;
+
+pub const ALGORITHM: &str = "RSA-OAEP-256";
+pub const SUPPORTED_BITS: [usize; 3] = [2048, 3072, 4096];
+const MAX_PEM_LEN: u64 = 64 * 1024;
+
+pub struct PemProvider {
+    path: PathBuf,
+    key: RsaPrivateKey,
+    fingerprint: String,
+}
+
+impl PemProvider {
+    pub fn open(path: &Path) -> Result<Self, KeyError> {
+        let path = std::path::absolute(path).map_err(io_error("cannot resolve key path", path))?;
+        let pem = read_private(&path, MAX_PEM_LEN)?;
+        let key = parse_rsa_private_key(&pem, &path)?;
+        let fingerprint = spki_fingerprint(&key.to_public_key())?;
+        Ok(PemProvider {
+            path,
+            key,
+            fingerprint,
+        })
+    }
+}
+
+/// Parses a PKCS#8 or PKCS#1 PEM RSA private key of a supported size.
+pub fn parse_rsa_private_key(pem: &[u8], path: &Path) -> Result<RsaPrivateKey, KeyError> {
+    let text = std::str::from_utf8(pem)
+        .map_err(|_| KeyError::Unsupported(format!("'{}' is not a PEM file", path.display())))?;
+    let key = RsaPrivateKey::from_pkcs8_pem(text)
+        .or_else(|_| RsaPrivateKey::from_pkcs1_pem(text))
+        .map_err(|_| {
+            KeyError::Unsupported(format!("'{}' holds {}", path.display(), describe_pem(text)))
+        })?;
+    let bits = key.n().bits();
+    if !SUPPORTED_BITS.contains(&bits) {
+        return Err(KeyError::Unsupported(format!(
+            "'{}' holds an RSA-{bits} key",
+            path.display()
+        )));
+    }
+    Ok(key)
+}
+
+fn describe_pem(text: &str) -> &'static str {
+    let label = text
+        .lines()
+        .find_map(|l| l.strip_prefix("-----BEGIN "))
+        .unwrap_or("");
+    match label {
+        l if l.starts_with("EC ") => "an EC key",
+        l if l.starts_with("PUBLIC KEY") || l.starts_with("RSA PUBLIC KEY") => {
+            "a public key, not a private key"
+        }
+        l if l.starts_with("ENCRYPTED PRIVATE KEY") => {
+            "a passphrase-encrypted key (decrypt it with openssl pkey first)"
+        }
+        l if l.starts_with("PRIVATE KEY") => "a private key that is not RSA (EC, Ed25519, ...)",
+        l if l.starts_with("OPENSSH PRIVATE KEY") => "an OpenSSH-format key",
+        "" => "no PEM key",
+        _ => "an unrecognised PEM object",
+    }
+}
+
+/// `sha256:` + hex SHA-256 of the DER SubjectPublicKeyInfo.
+pub fn spki_fingerprint(key: &RsaPublicKey) -> Result<String, KeyError> {
+    let der = key
+        .to_public_key_der()
+        .map_err(|e| KeyError::Unsupported(format!("cannot encode the public key: {e}")))?;
+    let digest = Sha256::digest(der.as_bytes());
+    Ok(format!(
+        "sha256:{}",
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ))
+}
+
+impl KeyProvider for PemProvider {
+    fn describe(&self) -> Result<KeyDescription, KeyError> {
+        Ok(KeyDescription {
+            kind: KeyKind::Pem,
+            key_id: self.path.display().to_string(),
+            key_version: self.fingerprint.clone(),
+            algorithm: ALGORITHM.into(),
+            key_ref: format!("pem:{}", self.path.display()),
+        })
+    }
+
+    fn wrap(&self, dek: &VolumeKey) -> Result<Protector, KeyError> {
+        let wrapped = self
+            .key
+            .to_public_key()
+            .encrypt(&mut rand_core::OsRng, Oaep::new::<Sha256>(), dek.expose())
+            .map_err(|e| KeyError::RoundTrip(format!("RSA-OAEP encryption failed: {e}")))?;
+        Ok(Protector::new(self.describe()?, &wrapped))
+    }
+
+    /// A PEM protector is "mine" whatever file it names: the fingerprint decides, so a
+    /// key moved to another path still opens the volume, and a different key gets a
+    /// wrong-key error naming both versions.
+    fn unwrap(&self, protector: &Protector) -> Option<Result<VolumeKey, KeyError>> {
+        if protector.key.kind != KeyKind::Pem {
+            return None;
+        }
+        if protector.key.key_version != self.fingerprint {
+            return Some(Err(KeyError::WrongKey {
+                needed: format!("RSA key {}", protector.key.key_version),
+                given: format!("'{}' ({})", self.path.display(), self.fingerprint),
+            }));
+        }
+        let key = format!("RSA key '{}'", self.path.display());
+        Some((|| {
+            let wrapped = protector
+                .wrapped_bytes()
+                .ok_or_else(|| KeyError::UnwrapFailed {
+                    key: key.clone(),
+                    detail: "the wrapped key is not valid base64".into(),
+                })?;
+            let plain: SecretVec = self
+                .key
+                .decrypt(Oaep::new::<Sha256>(), &wrapped)
+                .map(SecretVec::new)
+                .map_err(|_| KeyError::UnwrapFailed {
+                    key: key.clone(),
+                    detail: "RSA-OAEP decryption failed (the wrapped key is damaged)".into(),
+                })?;
+            VolumeKey::from_bytes(&plain).ok_or_else(|| KeyError::UnwrapFailed {
+                key,
+                detail: format!("the unwrapped key is {} bytes long", plain.len()),
+            })
+        })())
+    }
+}

@@ -1,0 +1,12 @@
+//! xtsfs: an AES-256-XTS encrypted FUSE filesystem whose volume data key is wrapped by a
+//! platform-managed or customer-managed key.
+
+pub mod cli;
+pub mod commands;
+pub mod crypto;
+pub mod error;
+pub mod keys;
+pub mod process;
+pub mod volume;
+
+pub use error::{Error, ExitCode};

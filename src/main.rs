@@ -1,0 +1,17 @@
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let result = xtsfs::cli::Opts::parse()
+        .into_config()
+        .and_then(xtsfs::commands::run);
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtsfs: error: {e}");
+            if let Some(hint) = e.hint() {
+                eprintln!("xtsfs: hint: {hint}");
+            }
+            std::process::ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The volume header file, `BACKING/xtsfs.header`.
+//!
+//! | bytes      | field                                        |
+//! |------------|----------------------------------------------|
+//! | 0..8       | magic `XTSFSVOL`                             |
+//! | 8..10      | format version, u16 LE (1)                   |
+//! | 10..14     | body length N, u32 LE (at most 64 KiB)       |
+//! | 14..14+N   | body: UTF-8 JSON, see [`HeaderBody`]         |
+//! | 14+N..+32  | HMAC-SHA256 over bytes 0..14+N, keyed from the DEK |
+//!
+//! The MAC can only be checked after the DEK is unwrapped: a KEK that fails to unwrap is
+//! a key problem; a DEK that unwraps but fails the MAC means the header was edited.
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::crypto::{VolumeKey, DATA_UNIT};
+use crate::keys::Protector;
+
+pub const FORMAT_VERSION: u16 = 1;
+pub const CIPHER: &str = "aes-256-xts";
+pub const NAMES_ENCRYPTED: &str = "aes-256-siv";
+pub const NAMES_PLAINTEXT: &str = "plaintext";
+const MAGIC: &[u8; 8] = b"XTSFSVOL";
+const PREFIX_LEN: usize = 14;
+const MAC_LEN: usize = 32;
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderBody {
+    pub volume_id: String,
+    pub cipher: String,
+    pub data_unit_size: u32,
+    pub names: String,
+    pub created_at: String,
+    pub protector: Protector,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("the header is {0} bytes long, too short to be an xtsfs header")]
+    Truncated(usize),
+    #[error("the header does not start with the xtsfs magic")]
+    BadMagic,
+    #[error("header format version {0} is not supported by this xtsfs (it reads version {FORMAT_VERSION})")]
+    Version(u16),
+    #[error("the header's length field says {declared} body bytes but the file holds {actual}")]
+    Length { declared: usize, actual: usize },
+    #[error("the header body is not valid: {0}")]
+    Body(String),
+    #[error("the header was modified or damaged: its MAC does not verify under the volume key")]
+    Mac,
+}
+
+impl HeaderBody {
+    pub fn encode(&self, dek: &VolumeKey) -> Vec<u8> {
+        let body = serde_json::to_vec_pretty(self).expect("header body serializes");
+        let mut out = Vec::with_capacity(PREFIX_LEN + body.len() + MAC_LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        let mac = mac(dek, &out);
+        out.extend_from_slice(&mac);
+        out
+    }
+
+    /// Parses and validates a header without the key; the MAC is checked by [`verify`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, HeaderError> {
+        if bytes.len() < PREFIX_LEN + MAC_LEN {
+            return Err(HeaderError::Truncated(bytes.len()));
+        }
+        if &bytes[..8] != MAGIC {
+            return Err(HeaderError::BadMagic);
+        }
+        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+        if version != FORMAT_VERSION {
+            return Err(HeaderError::Version(version));
+        }
+        let declared = u32::from_le_bytes(bytes[10..14].try_into().expect("4 bytes")) as usize;
+        let actual = bytes.len() - PREFIX_LEN - MAC_LEN;
+        if declared != actual || declared > MAX_BODY {
+            return Err(HeaderError::Length { declared, actual });
+        }
+        let body: HeaderBody = serde_json::from_slice(&bytes[PREFIX_LEN..PREFIX_LEN + declared])
+            .map_err(|e| HeaderError::Body(e.to_string()))?;
+        body.validate()?;
+        Ok(body)
+    }
+
+    fn validate(&self) -> Result<(), HeaderError> {
+        let bad = |what: String| Err(HeaderError::Body(what));
+        if self.cipher != CIPHER {
+            return bad(format!(
+                "cipher '{}' is not supported (only {CIPHER})",
+                self.cipher
+            ));
+        }
+        if self.data_unit_size as usize != DATA_UNIT {
+            return bad(format!(
+                "data unit size {} is not supported (only {DATA_UNIT})",
+                self.data_unit_size
+            ));
+        }
+        if self.names != NAMES_ENCRYPTED && self.names != NAMES_PLAINTEXT {
+            return bad(format!("names mode '{}' is not known", self.names));
+        }
+        if self.protector.wrapped_bytes().is_none() {
+            return bad("the protector's wrapped key is not valid base64".into());
+        }
+        Ok(())
+    }
+
+    pub fn names_encrypted(&self) -> bool {
+        self.names == NAMES_ENCRYPTED
+    }
+}
+
+/// Checks the MAC of an encoded header with the unwrapped DEK.
+pub fn verify(bytes: &[u8], dek: &VolumeKey) -> Result<(), HeaderError> {
+    let split = bytes
+        .len()
+        .checked_sub(MAC_LEN)
+        .ok_or(HeaderError::Truncated(bytes.len()))?;
+    let mut mac_state = <Hmac<Sha256> as KeyInit>::new_from_slice(dek.header_mac_key().expose())
+        .expect("HMAC takes any key length");
+    mac_state.update(&bytes[..split]);
+    mac_state
+        .verify_slice(&bytes[split..])
+        .map_err(|_| HeaderError::Mac)
+}
+
+fn mac(dek: &VolumeKey, bytes: &[u8]) -> [u8; MAC_LEN] {
+    let mut mac_state = <Hmac<Sha256> as KeyInit>::new_from_slice(dek.header_mac_key().expose())
+        .expect("HMAC takes any key length");
+    mac_state.update(bytes);
+    mac_state.finalize().into_bytes().into()
+}
