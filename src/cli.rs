@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::commands::{Command, Config, InitConfig, PlatformKeyAction, RewrapConfig, StatusConfig};
 use crate::error::{Error, ExitCode};
 use crate::keys::{KeyContext, KeyRef};
+use crate::mount::{MountConfig, UnmountConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -61,6 +62,39 @@ enum Sub {
         #[arg(long)]
         current_key: Option<String>,
     },
+    /// Mount a volume; goes to the background once the mount is usable.
+    Mount {
+        backing: PathBuf,
+        mountpoint: PathBuf,
+        /// Stay in the foreground; SIGINT/SIGTERM unmount cleanly.
+        #[arg(short, long)]
+        foreground: bool,
+        /// Let users other than the one mounting use the mount.
+        #[arg(long)]
+        allow_other: bool,
+        /// Mount read-only.
+        #[arg(long)]
+        read_only: bool,
+        /// Extra mount options, comma-separated (noatime, noexec, ...).
+        #[arg(short = 'o', value_delimiter = ',')]
+        options: Vec<String>,
+        /// Unwrap with this key instead of the one the header records.
+        #[arg(long)]
+        key: Option<String>,
+        /// FUSE request threads.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        threads: u16,
+        /// Where the background daemon logs (default: nowhere).
+        #[arg(long)]
+        log_file: Option<PathBuf>,
+    },
+    /// Unmount a volume, waiting until its daemon has finished.
+    Unmount {
+        mountpoint: PathBuf,
+        /// Detach now even if files are open; the daemon exits when they close.
+        #[arg(long)]
+        lazy: bool,
+    },
     /// Manage the platform key store.
     PlatformKey {
         #[command(subcommand)]
@@ -109,6 +143,30 @@ impl Opts {
                 key: parse_key(&key)?,
                 current_key: parse_opt(current_key)?,
             }),
+            Sub::Mount {
+                backing,
+                mountpoint,
+                foreground,
+                allow_other,
+                read_only,
+                options,
+                key,
+                threads,
+                log_file,
+            } => Command::Mount(MountConfig {
+                backing,
+                mountpoint,
+                foreground,
+                allow_other,
+                read_only: read_only || options.iter().any(|o| o == "ro"),
+                options,
+                key: parse_opt(key)?,
+                threads: threads.into(),
+                log_file,
+            }),
+            Sub::Unmount { mountpoint, lazy } => {
+                Command::Unmount(UnmountConfig { mountpoint, lazy })
+            }
             Sub::PlatformKey { action } => Command::PlatformKey(match action {
                 PlatformKeyCmd::Create { id } => PlatformKeyAction::Create(id),
                 PlatformKeyCmd::List => PlatformKeyAction::List,

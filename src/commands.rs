@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::keys::mmk::PlatformKeyStore;
 use crate::keys::{KeyContext, KeyRef};
+use crate::mount::{self, MountConfig, UnmountConfig};
 use crate::process;
 use crate::volume::{self, header::HeaderBody, header::FORMAT_VERSION, HEADER_FILE};
 
@@ -21,6 +22,8 @@ pub enum Command {
     Status(StatusConfig),
     Rewrap(RewrapConfig),
     PlatformKey(PlatformKeyAction),
+    Mount(MountConfig),
+    Unmount(UnmountConfig),
 }
 
 pub struct InitConfig {
@@ -77,6 +80,8 @@ pub fn run(config: Config) -> Result<(), Error> {
             Ok(())
         }
         Command::PlatformKey(action) => platform_key(action, keys),
+        Command::Mount(c) => mount::mount(&c, keys),
+        Command::Unmount(c) => mount::unmount(&c),
     }
 }
 

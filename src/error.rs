@@ -42,6 +42,13 @@ pub enum Error {
     Header { path: PathBuf, source: HeaderError },
     #[error("{0}")]
     Mount(String),
+    /// An error the background mount daemon reported before it was ready.
+    #[error("{message}")]
+    Daemon {
+        code: ExitCode,
+        message: String,
+        hint: Option<String>,
+    },
     #[error("{context} '{path}': {source}")]
     Io {
         context: String,
@@ -69,6 +76,7 @@ impl Error {
             Error::Key(_) => ExitCode::Key,
             Error::NotAVolume(_) | Error::NotEmpty(_) | Error::Header { .. } => ExitCode::Volume,
             Error::Mount(_) => ExitCode::Mount,
+            Error::Daemon { code, .. } => *code,
             Error::Io { .. } => ExitCode::Failure,
         }
     }
@@ -91,6 +99,7 @@ impl Error {
                 "restore xtsfs.header from a backup, or use an xtsfs that reads this format".into(),
             ),
             Error::Mount(_) => None,
+            Error::Daemon { hint, .. } => hint.clone(),
             Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
                 Some("the backing file system is full: free space, then retry".into())
             }

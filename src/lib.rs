@@ -5,7 +5,9 @@ pub mod cli;
 pub mod commands;
 pub mod crypto;
 pub mod error;
+pub mod fs;
 pub mod keys;
+pub mod mount;
 pub mod process;
 pub mod volume;
 

@@ -1,0 +1,262 @@
+//! Thin, safe wrappers over the `*at` syscalls the filesystem uses. Every access to the
+//! backing tree goes relative to a directory fd with O_NOFOLLOW (or through an O_PATH fd
+//! that already names the object), so a symlink planted in the backing directory is
+//! never followed.
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+const EMPTY: &CStr = c"";
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cname(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The /proc path of an fd, for the few calls that have no fd form usable with O_PATH.
+fn proc_path(fd: BorrowedFd<'_>) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
+}
+
+pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let name = cname(name)?;
+    // SAFETY: valid fd and NUL-terminated path; on success we own the returned fd.
+    let fd = cvt(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode,
+        )
+    })?;
+    // SAFETY: fd was just returned by openat.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An O_PATH handle on a directory entry, not following a final symlink.
+pub fn open_path(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    open_at(dir, name, libc::O_PATH, 0)
+}
+
+/// Opens the object an O_PATH fd names for I/O. Going through /proc/self/fd reaches the
+/// same inode the fd holds, never a path that could have been swapped.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
+    let path = proc_path(fd);
+    // SAFETY: NUL-terminated path; on success we own the returned fd.
+    let raw = cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: raw was just returned by open.
+    Ok(unsafe { File::from_raw_fd(raw) })
+}
+
+pub fn stat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: empty path with AT_EMPTY_PATH stats the fd itself; st is written on success.
+    cvt(unsafe {
+        libc::fstatat(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat succeeded, so st is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    let name = cname(name)?;
+    // SAFETY: valid fd and path.
+    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+pub fn mknod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> io::Result<()> {
+    let name = cname(name)?;
+    // SAFETY: valid fd and path.
+    cvt(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+pub fn symlink_at(target: &[u8], dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let target = CString::new(target).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let name = cname(name)?;
+    // SAFETY: valid fd and paths.
+    cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+/// The target of the symlink an O_PATH fd names.
+pub fn readlink(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: buffer pointer and length are valid; empty path reads the fd's own link.
+    let n = unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<()> {
+    let name = cname(name)?;
+    // SAFETY: valid fd and path.
+    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+pub fn rename_at(
+    old_dir: BorrowedFd<'_>,
+    old: &OsStr,
+    new_dir: BorrowedFd<'_>,
+    new: &OsStr,
+    flags: u32,
+) -> io::Result<()> {
+    let (old, new) = (cname(old)?, cname(new)?);
+    // SAFETY: valid fds and paths.
+    cvt(unsafe {
+        libc::renameat2(
+            old_dir.as_raw_fd(),
+            old.as_ptr(),
+            new_dir.as_raw_fd(),
+            new.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// A new hard link to the object an O_PATH fd names (AT_EMPTY_PATH needs
+/// CAP_DAC_READ_SEARCH, which the root daemon has).
+pub fn link_at(fd: BorrowedFd<'_>, new_dir: BorrowedFd<'_>, new: &OsStr) -> io::Result<()> {
+    let new = cname(new)?;
+    // SAFETY: valid fds and paths.
+    cvt(unsafe {
+        libc::linkat(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            new_dir.as_raw_fd(),
+            new.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+pub fn chown(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    let (uid, gid) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
+    // SAFETY: empty path with AT_EMPTY_PATH acts on the fd; u32::MAX (-1) leaves an id unchanged.
+    cvt(unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    let path = proc_path(fd);
+    // SAFETY: NUL-terminated path.
+    cvt(unsafe { libc::fchmodat(libc::AT_FDCWD, path.as_ptr(), mode, 0) }).map(drop)
+}
+
+/// Sets access and modification times; `None` leaves one unchanged.
+pub fn utimens(
+    fd: BorrowedFd<'_>,
+    atime: Option<libc::timespec>,
+    mtime: Option<libc::timespec>,
+) -> io::Result<()> {
+    let omit = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_OMIT,
+    };
+    let times = [atime.unwrap_or(omit), mtime.unwrap_or(omit)];
+    let path = proc_path(fd);
+    // SAFETY: NUL-terminated path and a two-element times array.
+    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) }).map(drop)
+}
+
+pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+    let mut st = MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: st is written on success.
+    cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs succeeded.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    let (offset, len) = (to_off(offset)?, to_off(len)?);
+    // SAFETY: valid fd.
+    cvt(unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) }).map(drop)
+}
+
+fn to_off(value: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(value).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))
+}
+
+/// One directory entry: name, inode number, d_type.
+pub struct RawDirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub d_type: u8,
+}
+
+/// Lists a directory (an O_PATH fd is fine), without "." and "..".
+pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<RawDirEntry>> {
+    let fd = open_at(dir, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
+    // SAFETY: raw is an open directory fd whose ownership passes to the DIR stream.
+    let stream = unsafe { libc::fdopendir(raw) };
+    if stream.is_null() {
+        let err = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so raw is still ours to close.
+        unsafe { libc::close(raw) };
+        return Err(err);
+    }
+    let mut entries = Vec::new();
+    let result = loop {
+        // SAFETY: errno is thread-local; readdir reports end vs error through it.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: stream is a valid DIR*.
+        let ent = unsafe { libc::readdir64(stream) };
+        if ent.is_null() {
+            let err = io::Error::last_os_error();
+            break if err.raw_os_error() == Some(0) {
+                Ok(())
+            } else {
+                Err(err)
+            };
+        }
+        // SAFETY: readdir returned a valid entry, valid until the next readdir call.
+        let ent = unsafe { &*ent };
+        // SAFETY: d_name is NUL-terminated.
+        let name = unsafe { CStr::from_ptr(ent.d_name.as_ptr()) }.to_bytes();
+        if name != b"." && name != b".." {
+            entries.push(RawDirEntry {
+                name: OsString::from_vec(name.to_vec()),
+                ino: ent.d_ino,
+                d_type: ent.d_type,
+            });
+        }
+    };
+    // SAFETY: stream is valid and closed once.
+    unsafe { libc::closedir(stream) };
+    result.map(|()| entries)
+}

@@ -1,0 +1,215 @@
+//! Encrypted file contents over a backing file: positional reads and writes in whole
+//! 4 KiB data units, coalesced into one backing pread/pwrite per request.
+//!
+//! The plaintext length is the backing length minus the file header, so a unit's XTS
+//! length depends on the file length: when a file grows past a partial last unit, that
+//! unit is re-encrypted at its new length. A unit whose ciphertext is all zeros is a
+//! hole and reads as zeros, which is what ftruncate, fallocate and hole punching leave
+//! in the backing file.
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+
+use crate::crypto::xts::Xts256;
+use crate::crypto::DATA_UNIT;
+use crate::volume::file_header::FILE_HEADER_LEN;
+
+pub const UNIT: u64 = DATA_UNIT as u64;
+pub const HEADER: u64 = FILE_HEADER_LEN as u64;
+
+/// The contents of one backing file, seen through its XTS cipher. Callers hold the file's
+/// content lock: shared for reads and for writes of whole units that don't change the
+/// last unit, exclusive otherwise.
+pub struct Contents<'a> {
+    pub file: &'a File,
+    pub cipher: &'a Xts256,
+}
+
+impl Contents<'_> {
+    /// Reads `size` bytes at `offset`. Returns a buffer and the range of it to reply with.
+    pub fn read(&self, offset: u64, size: usize, len: u64) -> io::Result<(Vec<u8>, Range<usize>)> {
+        if offset >= len || size == 0 {
+            return Ok((Vec::new(), 0..0));
+        }
+        let end = len.min(offset.saturating_add(size as u64));
+        let first = offset / UNIT;
+        let run = first * UNIT..len.min(end.div_ceil(UNIT) * UNIT);
+        let mut buf = vec![0u8; (run.end - run.start) as usize];
+        read_full(self.file, &mut buf, HEADER + run.start)?;
+        self.decrypt_run(first, &mut buf)?;
+        let start = (offset - run.start) as usize;
+        Ok((buf, start..start + (end - offset) as usize))
+    }
+
+    /// Writes `data` at `offset` into a file of plaintext length `len`.
+    pub fn write(&self, offset: u64, data: &[u8], len: u64) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
+        let new_len = len.max(end);
+        let first = offset / UNIT;
+        // A partial last unit before the written range grows to its new length.
+        if new_len > len && len % UNIT != 0 && len / UNIT < first {
+            self.reencrypt_unit(len / UNIT, len, new_len, None)?;
+        }
+        let last = (end - 1) / UNIT;
+        let run = first * UNIT..new_len.min((last + 1) * UNIT);
+        let mut buf = vec![0u8; (run.end - run.start) as usize];
+        // Only the first and last units can be partly covered and need their old bytes.
+        for unit in edge_units(first, last) {
+            let unit_range = unit * UNIT..new_len.min((unit + 1) * UNIT);
+            if offset > unit_range.start || end < unit_range.end {
+                let at = ((unit - first) * UNIT) as usize;
+                let old = self.read_unit(unit, len)?;
+                buf[at..at + old.len()].copy_from_slice(&old);
+            }
+        }
+        let at = (offset - run.start) as usize;
+        buf[at..at + data.len()].copy_from_slice(data);
+        self.encrypt_run(first, &mut buf)?;
+        self.file.write_all_at(&buf, HEADER + run.start)
+    }
+
+    /// Changes the plaintext length from `len` to `new_len`.
+    pub fn resize(&self, len: u64, new_len: u64) -> io::Result<()> {
+        if new_len == len {
+            return Ok(());
+        }
+        if new_len > len {
+            if len % UNIT != 0 {
+                self.reencrypt_unit(len / UNIT, len, new_len, None)?;
+            }
+            return self.file.set_len(HEADER + new_len);
+        }
+        // Shrinking: a new partial last unit is re-encrypted at its shorter length.
+        let tail = (new_len % UNIT != 0)
+            .then(|| self.read_unit(new_len / UNIT, len))
+            .transpose()?;
+        self.file.set_len(HEADER + new_len)?;
+        if let Some(mut unit) = tail {
+            unit.truncate((new_len % UNIT) as usize);
+            self.cipher
+                .encrypt_unit(new_len / UNIT, &mut unit)
+                .map_err(io::Error::other)?;
+            self.file
+                .write_all_at(&unit, HEADER + (new_len / UNIT) * UNIT)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `range` (clamped to the file) read as zeros without changing the length:
+    /// whole units become backing holes, partly covered units are rewritten.
+    pub fn zero(&self, range: Range<u64>, len: u64) -> io::Result<()> {
+        let range = range.start..range.end.min(len);
+        if range.start >= range.end {
+            return Ok(());
+        }
+        // Units wholly inside the range; the last unit counts as whole when the range runs to
+        // the end of the file, however short that unit is.
+        let whole_end = if range.end == len {
+            len
+        } else {
+            range.end / UNIT * UNIT
+        };
+        let whole = range.start.div_ceil(UNIT) * UNIT..whole_end;
+        if whole.start < whole.end {
+            super::backing::fallocate(
+                self.file,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                HEADER + whole.start,
+                whole.end - whole.start,
+            )?;
+        }
+        for unit in edge_units(range.start / UNIT, (range.end - 1) / UNIT) {
+            let unit_range = unit * UNIT..len.min((unit + 1) * UNIT);
+            let covered = unit_range.start.max(range.start)..unit_range.end.min(range.end);
+            if covered.start >= covered.end
+                || (whole.start <= covered.start && covered.end <= whole.end)
+            {
+                continue;
+            }
+            let zero_at = (covered.start - unit_range.start) as usize
+                ..(covered.end - unit_range.start) as usize;
+            self.reencrypt_unit(unit, len, len, Some(zero_at))?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites one unit at its length in a file growing from `len` to `new_len`,
+    /// optionally zeroing part of it.
+    fn reencrypt_unit(
+        &self,
+        unit: u64,
+        len: u64,
+        new_len: u64,
+        zero: Option<Range<usize>>,
+    ) -> io::Result<()> {
+        let mut plain = self.read_unit(unit, len)?;
+        plain.resize((new_len.min((unit + 1) * UNIT) - unit * UNIT) as usize, 0);
+        if let Some(zero) = zero {
+            plain[zero].fill(0);
+        }
+        self.cipher
+            .encrypt_unit(unit, &mut plain)
+            .map_err(io::Error::other)?;
+        self.file.write_all_at(&plain, HEADER + unit * UNIT)
+    }
+
+    /// The plaintext of one unit of a file of length `len` (empty past the end).
+    fn read_unit(&self, unit: u64, len: u64) -> io::Result<Vec<u8>> {
+        let start = unit * UNIT;
+        if start >= len {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; (len.min(start + UNIT) - start) as usize];
+        read_full(self.file, &mut buf, HEADER + start)?;
+        self.decrypt_run(unit, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn decrypt_run(&self, first: u64, buf: &mut [u8]) -> io::Result<()> {
+        for (i, unit) in buf.chunks_mut(DATA_UNIT).enumerate() {
+            if unit.iter().any(|b| *b != 0) {
+                self.cipher
+                    .decrypt_unit(first + i as u64, unit)
+                    .map_err(io::Error::other)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn encrypt_run(&self, first: u64, buf: &mut [u8]) -> io::Result<()> {
+        for (i, unit) in buf.chunks_mut(DATA_UNIT).enumerate() {
+            self.cipher
+                .encrypt_unit(first + i as u64, unit)
+                .map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+}
+
+/// The first and last unit of a run, once each.
+fn edge_units(first: u64, last: u64) -> impl Iterator<Item = u64> {
+    std::iter::once(first).chain((last != first).then_some(last))
+}
+
+/// Reads until `buf` is full; bytes past the backing end stay zero (a concurrent shrink
+/// by another handle reads as a hole, never as stale plaintext).
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf[done..].fill(0);
+    Ok(())
+}

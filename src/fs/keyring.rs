@@ -1,0 +1,47 @@
+//! The volume secrets the filesystem serves with.
+
+use std::sync::{Arc, RwLock};
+
+use fuser::Errno;
+
+use crate::crypto::names::NameCipher;
+use crate::crypto::VolumeKey;
+
+/// The unwrapped DEK and the name cipher derived from it.
+pub struct VolumeSecrets {
+    pub dek: VolumeKey,
+    pub names: NameCipher,
+}
+
+impl VolumeSecrets {
+    pub fn new(dek: VolumeKey, encrypt_names: bool) -> Self {
+        let names = if encrypt_names {
+            NameCipher::Encrypted(dek.names_key())
+        } else {
+            NameCipher::Plaintext
+        };
+        VolumeSecrets { dek, names }
+    }
+}
+
+/// Holds the volume secrets while the volume may be served.
+pub struct Keyring {
+    current: RwLock<Option<Arc<VolumeSecrets>>>,
+}
+
+impl Keyring {
+    pub fn new(secrets: VolumeSecrets) -> Self {
+        Keyring {
+            current: RwLock::new(Some(Arc::new(secrets))),
+        }
+    }
+
+    /// The secrets, or EACCES while the volume is locked.
+    pub fn get(&self) -> Result<Arc<VolumeSecrets>, Errno> {
+        self.current
+            .read()
+            .map_err(|_| Errno::EIO)?
+            .clone()
+            .ok_or(Errno::EACCES)
+    }
+}

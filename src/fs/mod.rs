@@ -1,0 +1,633 @@
+//! The filesystem: operations over the backing tree, each returning `Result<_, Errno>`.
+//! [`adapter`] turns them into FUSE replies.
+
+pub mod adapter;
+pub(crate) mod attr;
+mod backing;
+pub mod contents;
+mod errno;
+mod handle;
+mod inode;
+mod keyring;
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use fuser::{Errno, FileAttr};
+
+use crate::crypto::names::{BackingEntry, BackingName, NameCipher};
+pub use attr::CallerIds;
+use attr::{file_attr, Times};
+use contents::Contents;
+use errno::{backing_path, corrupt};
+use handle::{DirEntry, Handle, HandleTable};
+use inode::{InodeTable, Node};
+pub use keyring::{Keyring, VolumeSecrets};
+
+/// Options fixed at mount time.
+#[derive(Debug, Clone)]
+pub struct FsOptions {
+    pub read_only: bool,
+}
+
+pub struct XtsFs {
+    keyring: Arc<Keyring>,
+    inodes: InodeTable,
+    handles: HandleTable,
+    options: FsOptions,
+}
+
+/// The result of creating or looking up a name.
+pub struct Entry {
+    pub attr: FileAttr,
+}
+
+/// What `open` and `create` tell the kernel about a handle.
+pub struct Opened {
+    pub fh: u64,
+    pub direct_io: bool,
+}
+
+/// Filesystem usage of the backing file system.
+pub struct FsStats {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub frsize: u32,
+}
+
+/// Changes a setattr asks for.
+#[derive(Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub times: Times,
+    pub fh: Option<u64>,
+}
+
+const O_ACCMODE: i32 = libc::O_ACCMODE;
+
+impl XtsFs {
+    /// The filesystem over `tree`, the backing directory holding the encrypted tree.
+    pub fn new(tree: OwnedFd, keyring: Arc<Keyring>, options: FsOptions) -> std::io::Result<Self> {
+        let st = backing::stat(tree.as_fd())?;
+        Ok(XtsFs {
+            keyring,
+            inodes: InodeTable::new(tree, &st),
+            handles: HandleTable::default(),
+            options,
+        })
+    }
+
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
+    }
+
+    /// Forgets every derived key, for when the volume key is withdrawn.
+    pub fn forget_keys(&self) {
+        self.inodes.forget_ciphers();
+    }
+
+    fn writable(&self) -> Result<(), Errno> {
+        if self.options.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn attr_of(&self, node: &Node) -> Result<FileAttr, Errno> {
+        let st = backing::stat(node.fd()).map_err(Errno::from)?;
+        Ok(file_attr(node.id, &st))
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, Errno> {
+        let secrets = self.keyring.get()?;
+        let parent = self.inodes.get(parent)?;
+        let backing_name = secrets.names.encrypt_name(name)?;
+        self.intern(parent.fd(), backing_name.entry())
+    }
+
+    /// Looks up a backing entry and registers a kernel reference to it.
+    fn intern(&self, dir: BorrowedFd<'_>, entry: &OsStr) -> Result<Entry, Errno> {
+        let fd = backing::open_path(dir, entry).map_err(Errno::from)?;
+        let st = backing::stat(fd.as_fd()).map_err(Errno::from)?;
+        let node = self.inodes.intern(fd, &st)?;
+        Ok(Entry {
+            attr: file_attr(node.id, &st),
+        })
+    }
+
+    pub fn forget(&self, id: u64, count: u64) {
+        self.inodes.forget(id, count);
+    }
+
+    pub fn getattr(&self, id: u64) -> Result<FileAttr, Errno> {
+        self.keyring.get()?;
+        self.attr_of(&*self.inodes.get(id)?)
+    }
+
+    pub fn setattr(&self, id: u64, change: SetAttr) -> Result<FileAttr, Errno> {
+        let secrets = self.keyring.get()?;
+        self.writable()?;
+        let node = self.inodes.get(id)?;
+        if let Some(mode) = change.mode {
+            backing::chmod(node.fd(), mode & 0o7777).map_err(Errno::from)?;
+        }
+        if change.uid.is_some() || change.gid.is_some() {
+            backing::chown(node.fd(), change.uid, change.gid).map_err(Errno::from)?;
+        }
+        if let Some(size) = change.size {
+            let handle = change.fh.map(|fh| self.handles.get(fh)).transpose()?;
+            let opened;
+            let file = match handle.as_deref().and_then(Handle::file) {
+                Some(file) => file,
+                None => {
+                    opened = backing::reopen(node.fd(), libc::O_RDWR).map_err(Errno::from)?;
+                    &opened
+                }
+            };
+            self.truncate(&node, file, size, &secrets)?;
+        }
+        if change.times.any() {
+            let (atime, mtime) = change.times.to_timespecs();
+            backing::utimens(node.fd(), atime, mtime).map_err(Errno::from)?;
+        }
+        self.attr_of(&node)
+    }
+
+    fn truncate(
+        &self,
+        node: &Node,
+        file: &File,
+        size: u64,
+        secrets: &VolumeSecrets,
+    ) -> Result<(), Errno> {
+        let _exclusive = node.content_lock.write().map_err(|_| Errno::EIO)?;
+        let len = plain_len(node, file)?;
+        if size == len {
+            return Ok(());
+        }
+        let cipher = node.cipher_or_create(file, &secrets.dek)?;
+        Contents {
+            file,
+            cipher: &cipher,
+        }
+        .resize(len, size)
+        .map_err(Errno::from)
+    }
+
+    pub fn readlink(&self, id: u64) -> Result<Vec<u8>, Errno> {
+        let secrets = self.keyring.get()?;
+        let node = self.inodes.get(id)?;
+        let stored = backing::readlink(node.fd()).map_err(Errno::from)?;
+        secrets
+            .names
+            .decrypt_target(&stored)
+            .map_err(|e| corrupt(node.fd(), &e))
+    }
+
+    /// Creates a directory entry through `make`, with its long-name side file if it needs
+    /// one, hands it to the caller, and registers it.
+    fn make_entry(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        caller: CallerIds,
+        make: impl FnOnce(BorrowedFd<'_>, &OsStr) -> std::io::Result<()>,
+    ) -> Result<Entry, Errno> {
+        let secrets = self.keyring.get()?;
+        self.writable()?;
+        let parent = self.inodes.get(parent)?;
+        let backing_name = secrets.names.encrypt_name(name)?;
+        let side_created = write_side_file(parent.fd(), &backing_name)?;
+        if let Err(e) = make(parent.fd(), backing_name.entry()) {
+            if side_created {
+                remove_side_file(parent.fd(), &backing_name);
+            }
+            return Err(Errno::from(e));
+        }
+        let fd = backing::open_path(parent.fd(), backing_name.entry()).map_err(Errno::from)?;
+        caller.apply(parent.fd(), fd.as_fd()).map_err(Errno::from)?;
+        let st = backing::stat(fd.as_fd()).map_err(Errno::from)?;
+        let node = self.inodes.intern(fd, &st)?;
+        Ok(Entry {
+            attr: file_attr(node.id, &st),
+        })
+    }
+
+    pub fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: CallerIds,
+    ) -> Result<Entry, Errno> {
+        self.make_entry(parent, name, caller, |dir, entry| {
+            backing::mkdir_at(dir, entry, mode & 0o7777)
+        })
+    }
+
+    /// Regular files, FIFOs and sockets; device nodes are refused.
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: CallerIds,
+    ) -> Result<Entry, Errno> {
+        match mode & libc::S_IFMT {
+            libc::S_IFIFO | libc::S_IFSOCK => {
+                self.make_entry(parent, name, caller, |dir, entry| {
+                    backing::mknod_at(dir, entry, mode, 0)
+                })
+            }
+            libc::S_IFREG => self.make_entry(parent, name, caller, |dir, entry| {
+                backing::open_at(
+                    dir,
+                    entry,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                    mode & 0o7777,
+                )
+                .map(drop)
+            }),
+            _ => Err(Errno::EPERM),
+        }
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        caller: CallerIds,
+    ) -> Result<Entry, Errno> {
+        let stored = self
+            .keyring
+            .get()?
+            .names
+            .encrypt_target(target.as_bytes())?;
+        self.make_entry(parent, name, caller, |dir, entry| {
+            backing::symlink_at(&stored, dir, entry)
+        })
+    }
+
+    pub fn link(&self, id: u64, new_parent: u64, new_name: &OsStr) -> Result<Entry, Errno> {
+        let node = self.inodes.get(id)?;
+        // The kernel holds a reference to the node; the new link shares it.
+        self.make_entry(new_parent, new_name, CallerIds::KEEP, |dir, entry| {
+            backing::link_at(node.fd(), dir, entry)
+        })
+    }
+
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: CallerIds,
+    ) -> Result<(Entry, Opened), Errno> {
+        let mut created = None;
+        let entry = self.make_entry(parent, name, caller, |dir, entry| {
+            let fd = backing::open_at(
+                dir,
+                entry,
+                libc::O_CREAT | libc::O_RDWR | (flags & libc::O_EXCL),
+                mode & 0o7777,
+            )?;
+            created = Some(File::from(fd));
+            Ok(())
+        })?;
+        let file = created.ok_or(Errno::EIO)?;
+        let node = self.inodes.get(entry.attr.ino.0)?;
+        let direct_io = flags & libc::O_DIRECT != 0;
+        let fh = self.handles.insert(Handle::for_file(node, file, true));
+        Ok((entry, Opened { fh, direct_io }))
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        self.remove(parent, name, 0)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        self.remove(parent, name, libc::AT_REMOVEDIR)
+    }
+
+    fn remove(&self, parent: u64, name: &OsStr, flags: i32) -> Result<(), Errno> {
+        let secrets = self.keyring.get()?;
+        self.writable()?;
+        let parent = self.inodes.get(parent)?;
+        let backing_name = secrets.names.encrypt_name(name)?;
+        backing::unlink_at(parent.fd(), backing_name.entry(), flags).map_err(Errno::from)?;
+        remove_side_file(parent.fd(), &backing_name);
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<(), Errno> {
+        let secrets = self.keyring.get()?;
+        self.writable()?;
+        let (from_dir, to_dir) = (self.inodes.get(parent)?, self.inodes.get(new_parent)?);
+        let from = secrets.names.encrypt_name(name)?;
+        let to = secrets.names.encrypt_name(new_name)?;
+        let side_created = write_side_file(to_dir.fd(), &to)?;
+        if let Err(e) =
+            backing::rename_at(from_dir.fd(), from.entry(), to_dir.fd(), to.entry(), flags)
+        {
+            if side_created {
+                remove_side_file(to_dir.fd(), &to);
+            }
+            return Err(Errno::from(e));
+        }
+        // After an exchange both names still exist; otherwise the old name is gone.
+        if flags & libc::RENAME_EXCHANGE == 0 && from != to {
+            remove_side_file(from_dir.fd(), &from);
+        }
+        Ok(())
+    }
+
+    pub fn open(&self, id: u64, flags: i32) -> Result<Opened, Errno> {
+        let secrets = self.keyring.get()?;
+        let node = self.inodes.get(id)?;
+        let write = flags & O_ACCMODE != libc::O_RDONLY;
+        if write {
+            self.writable()?;
+        }
+        // Partial-unit writes read before they write, so a writable handle is O_RDWR.
+        // O_APPEND is the kernel's business (it sends the offset), and O_DIRECT cannot
+        // apply to a backing file whose units sit after a header.
+        let file = backing::reopen(node.fd(), if write { libc::O_RDWR } else { libc::O_RDONLY })
+            .map_err(Errno::from)?;
+        if write && flags & libc::O_TRUNC != 0 {
+            self.truncate(&node, &file, 0, &secrets)?;
+        }
+        let direct_io = flags & libc::O_DIRECT != 0;
+        Ok(Opened {
+            fh: self.handles.insert(Handle::for_file(node, file, write)),
+            direct_io,
+        })
+    }
+
+    pub fn read(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<(Vec<u8>, std::ops::Range<usize>), Errno> {
+        let secrets = self.keyring.get()?;
+        let handle = self.handles.get(fh)?;
+        let (node, file) = (handle.node(), handle.file().ok_or(Errno::EISDIR)?);
+        let _shared = node.content_lock.read().map_err(|_| Errno::EIO)?;
+        let len = plain_len(node, file)?;
+        let Some(cipher) = node.cipher(file, &secrets.dek)? else {
+            return Ok((Vec::new(), 0..0));
+        };
+        Contents {
+            file,
+            cipher: &cipher,
+        }
+        .read(offset, size as usize, len)
+        .map_err(Errno::from)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let secrets = self.keyring.get()?;
+        let handle = self.handles.get(fh)?;
+        let (node, file) = (handle.node(), handle.writable_file()?);
+        let written = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
+        // Whole units inside the file that leave its last unit alone go in parallel.
+        if is_unit_aligned(offset, data.len()) {
+            let _shared = node.content_lock.read().map_err(|_| Errno::EIO)?;
+            let len = plain_len(node, file)?;
+            let end = offset + data.len() as u64;
+            if len % contents::UNIT == 0 || end <= len / contents::UNIT * contents::UNIT {
+                if let Some(cipher) = node.cipher(file, &secrets.dek)? {
+                    Contents {
+                        file,
+                        cipher: &cipher,
+                    }
+                    .write(offset, data, len)
+                    .map_err(Errno::from)?;
+                    return Ok(written);
+                }
+            }
+        }
+        let _exclusive = node.content_lock.write().map_err(|_| Errno::EIO)?;
+        let len = plain_len(node, file)?;
+        let cipher = node.cipher_or_create(file, &secrets.dek)?;
+        Contents {
+            file,
+            cipher: &cipher,
+        }
+        .write(offset, data, len)
+        .map_err(Errno::from)?;
+        Ok(written)
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<(), Errno> {
+        let secrets = self.keyring.get()?;
+        let handle = self.handles.get(fh)?;
+        let (node, file) = (handle.node(), handle.writable_file()?);
+        let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
+        let _exclusive = node.content_lock.write().map_err(|_| Errno::EIO)?;
+        let len = plain_len(node, file)?;
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let zeroing = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE);
+        match mode & !libc::FALLOC_FL_KEEP_SIZE {
+            0 | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE => {}
+            _ => return Err(Errno::EOPNOTSUPP),
+        }
+        if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 && !keep_size {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let cipher = node.cipher_or_create(file, &secrets.dek)?;
+        let contents = Contents {
+            file,
+            cipher: &cipher,
+        };
+        if zeroing != 0 {
+            contents.zero(offset..end, len).map_err(Errno::from)?;
+        }
+        if !keep_size && end > len {
+            contents.resize(len, end).map_err(Errno::from)?;
+        }
+        if zeroing == 0 {
+            // Allocated backing blocks read as zeros, i.e. as holes: contents unchanged.
+            backing::fallocate(
+                file,
+                libc::FALLOC_FL_KEEP_SIZE,
+                contents::HEADER + offset,
+                length,
+            )
+            .map_err(Errno::from)?;
+        }
+        Ok(())
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Errno> {
+        let handle = self.handles.get(fh)?;
+        let file = handle.sync_target();
+        if datasync {
+            file.sync_data()
+        } else {
+            file.sync_all()
+        }
+        .map_err(Errno::from)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.remove(fh);
+    }
+
+    pub fn opendir(&self, id: u64) -> Result<u64, Errno> {
+        let secrets = self.keyring.get()?;
+        let node = self.inodes.get(id)?;
+        let dir = backing::open_at(
+            node.fd(),
+            OsStr::new("."),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(Errno::from)?;
+        let mut entries = Vec::new();
+        for raw in backing::read_dir(node.fd()).map_err(Errno::from)? {
+            let name = match secrets.names.classify(&raw.name) {
+                Ok(BackingEntry::Named(name)) => name,
+                Ok(BackingEntry::Long) => {
+                    match read_long_name(node.fd(), &raw.name, &secrets.names) {
+                        Some(name) => name,
+                        None => continue,
+                    }
+                }
+                Ok(BackingEntry::Internal) => continue,
+                Err(e) => {
+                    tracing::warn!(dir = %backing_path(node.fd()), entry = ?raw.name, "skipping backing entry: {e}");
+                    continue;
+                }
+            };
+            entries.push(DirEntry {
+                name,
+                backing: raw.name,
+                ino: raw.ino,
+                kind: attr::kind_from_dtype(raw.d_type),
+            });
+        }
+        Ok(self
+            .handles
+            .insert(Handle::for_dir(node, File::from(dir), entries)))
+    }
+
+    /// Entries from `offset` on, for plain readdir: (offset of next, backing ino, kind, name).
+    pub fn dir_entries(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
+        self.keyring.get()?;
+        self.handles.get(fh)
+    }
+
+    /// For readdirplus: looks up one listed entry, registering a kernel reference.
+    pub fn lookup_listed(&self, dir: &Handle, entry: &DirEntry) -> Result<Entry, Errno> {
+        self.keyring.get()?;
+        self.intern(dir.node().fd(), &entry.backing)
+    }
+
+    pub fn statfs(&self) -> Result<FsStats, Errno> {
+        let root = self.inodes.get(inode::ROOT_ID)?;
+        let st = backing::statvfs(root.fd()).map_err(Errno::from)?;
+        Ok(FsStats {
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
+            bsize: st.f_bsize as u32,
+            frsize: st.f_frsize as u32,
+        })
+    }
+}
+
+fn is_unit_aligned(offset: u64, len: usize) -> bool {
+    offset % contents::UNIT == 0 && len as u64 % contents::UNIT == 0
+}
+
+/// The plaintext length of an open backing file.
+fn plain_len(node: &Node, file: &File) -> Result<u64, Errno> {
+    let backing_len = file.metadata().map_err(Errno::from)?.len();
+    crate::volume::file_header::plaintext_len(backing_len).ok_or_else(|| {
+        corrupt(
+            node.fd(),
+            &format_args!("{backing_len} bytes is shorter than a file header"),
+        )
+    })
+}
+
+/// Writes a long name's side file; returns whether it was newly created.
+fn write_side_file(dir: BorrowedFd<'_>, name: &BackingName) -> Result<bool, Errno> {
+    let BackingName::Long {
+        side_file, encoded, ..
+    } = name
+    else {
+        return Ok(false);
+    };
+    use std::io::Write;
+    match backing::open_at(
+        dir,
+        side_file,
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+        0o600,
+    ) {
+        Ok(fd) => {
+            File::from(fd).write_all(encoded).map_err(Errno::from)?;
+            Ok(true)
+        }
+        // The side file of a name is the same bytes whatever links to it.
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(Errno::from(e)),
+    }
+}
+
+fn remove_side_file(dir: BorrowedFd<'_>, name: &BackingName) {
+    if let BackingName::Long { side_file, .. } = name {
+        if let Err(e) = backing::unlink_at(dir, side_file, 0) {
+            tracing::warn!(dir = %backing_path(dir), side_file = ?side_file, "could not remove long-name side file: {e}");
+        }
+    }
+}
+
+fn read_long_name(dir: BorrowedFd<'_>, entry: &OsStr, names: &NameCipher) -> Option<OsString> {
+    use std::io::Read;
+    let side = OsString::from(format!(
+        "{}{}",
+        entry.to_string_lossy(),
+        crate::crypto::names::LONG_NAME_SIDE_SUFFIX
+    ));
+    let mut encoded = Vec::new();
+    let result = backing::open_at(dir, &side, libc::O_RDONLY, 0)
+        .and_then(|fd| File::from(fd).take(4096).read_to_end(&mut encoded))
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            names
+                .decrypt_long(entry, &encoded)
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(name) => Some(name),
+        Err(e) => {
+            tracing::warn!(dir = %backing_path(dir), entry = ?entry, "skipping long-name entry: {e}");
+            None
+        }
+    }
+}
