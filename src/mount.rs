@@ -363,9 +363,12 @@ fn shutdown_signals() -> libc::sigset_t {
 }
 
 fn check_mountpoint(path: &Path) -> Result<PathBuf, Error> {
-    let canonical = path
-        .canonicalize()
-        .map_err(Error::io("cannot use mount point", path))?;
+    let canonical = path.canonicalize().map_err(|e| {
+        Error::Mount(format!(
+            "mount point '{}' cannot be used: {e}",
+            path.display()
+        ))
+    })?;
     if !canonical.is_dir() {
         return Err(Error::Mount(format!(
             "mount point '{}' is not a directory",
