@@ -5,9 +5,15 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{Command, Config, InitConfig, PlatformKeyAction, RewrapConfig, StatusConfig};
+use std::time::Duration;
+
+use crate::commands::{
+    Command, Config, InitConfig, PlatformKeyAction, RewrapConfig, Settings, StatusConfig,
+};
 use crate::error::{Error, ExitCode};
+use crate::keycheck::OnKeyLoss;
 use crate::keys::{KeyContext, KeyRef};
+use crate::live;
 use crate::mount::{MountConfig, UnmountConfig};
 
 #[derive(Debug, Parser)]
@@ -26,6 +32,14 @@ pub struct Opts {
     #[arg(long, global = true, env = "XTSFS_PLATFORM_KEY_DIR", default_value = KeyContext::DEFAULT_PLATFORM_KEY_DIR)]
     platform_key_dir: PathBuf,
 
+    /// Append key events (JSON lines) to this file.
+    #[arg(long, global = true, env = "XTSFS_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
+
+    /// Where mounted volumes keep their live status files.
+    #[arg(long, global = true, env = "XTSFS_RUN_DIR", default_value = live::DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+
     #[command(subcommand)]
     command: Sub,
 }
@@ -42,8 +56,10 @@ enum Sub {
         #[arg(long)]
         plaintext_names: bool,
     },
-    /// Show a volume's format and protector, and whether its key is reachable now.
+    /// Show a volume's format and protector, whether its key is reachable now, and, for
+    /// a mounted volume, its live state (serving, locked or alert).
     Status {
+        /// The backing directory or the mount point.
         backing: PathBuf,
         /// Print one JSON object.
         #[arg(long)]
@@ -87,6 +103,15 @@ enum Sub {
         /// Where the background daemon logs (default: nowhere).
         #[arg(long)]
         log_file: Option<PathBuf>,
+        /// How often the key is checked (e.g. 60s, 500ms, 5m).
+        #[arg(long, default_value = "60s", value_parser = parse_interval)]
+        key_check_interval: Duration,
+        /// On losing the key: lock (flush, forget keys, EACCES) or alert (keep serving).
+        #[arg(long, value_enum, default_value_t = KeyLossArg::Lock)]
+        on_key_loss: KeyLossArg,
+        /// Random in-memory key, no header; BACKING must be empty and is emptied at unmount.
+        #[arg(long, conflicts_with = "key")]
+        ephemeral: bool,
     },
     /// Unmount a volume, waiting until its daemon has finished.
     Unmount {
@@ -102,6 +127,20 @@ enum Sub {
     },
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum KeyLossArg {
+    Lock,
+    Alert,
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if interval < Duration::from_millis(50) {
+        return Err("the key check interval must be at least 50ms".into());
+    }
+    Ok(interval)
+}
+
 #[derive(Debug, Subcommand)]
 enum PlatformKeyCmd {
     /// Create version 1 of a new platform key.
@@ -114,8 +153,12 @@ enum PlatformKeyCmd {
 
 impl Opts {
     pub fn into_config(self) -> Result<Config, Error> {
-        let keys = KeyContext {
-            platform_key_dir: self.platform_key_dir,
+        let settings = Settings {
+            keys: KeyContext {
+                platform_key_dir: self.platform_key_dir,
+            },
+            audit_log: self.audit_log,
+            run_dir: self.run_dir,
         };
         let parse_key = |text: &str| KeyRef::parse(text).map_err(|e| Error::Usage(e.to_string()));
         let parse_opt = |text: Option<String>| text.as_deref().map(parse_key).transpose();
@@ -153,6 +196,9 @@ impl Opts {
                 key,
                 threads,
                 log_file,
+                key_check_interval,
+                on_key_loss,
+                ephemeral,
             } => Command::Mount(MountConfig {
                 backing,
                 mountpoint,
@@ -163,6 +209,12 @@ impl Opts {
                 key: parse_opt(key)?,
                 threads: threads.into(),
                 log_file,
+                key_check_interval,
+                on_key_loss: match on_key_loss {
+                    KeyLossArg::Lock => OnKeyLoss::Lock,
+                    KeyLossArg::Alert => OnKeyLoss::Alert,
+                },
+                ephemeral,
             }),
             Sub::Unmount { mountpoint, lazy } => {
                 Command::Unmount(UnmountConfig { mountpoint, lazy })
@@ -175,7 +227,7 @@ impl Opts {
         };
         Ok(Config {
             verbosity: self.verbose,
-            keys,
+            settings,
             command,
         })
     }

@@ -1,20 +1,30 @@
 //! What each subcommand does, given a validated [`Config`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::audit::{Audit, AuditEvent};
 use crate::error::Error;
 use crate::keys::mmk::PlatformKeyStore;
-use crate::keys::{KeyContext, KeyRef};
+use crate::keys::{KeyContext, KeyError, KeyRef};
+use crate::live::{self, LiveStatus, ServingState};
 use crate::mount::{self, MountConfig, UnmountConfig};
 use crate::process;
 use crate::volume::{self, header::HeaderBody, header::FORMAT_VERSION, HEADER_FILE};
 
 pub struct Config {
     pub verbosity: u8,
-    pub keys: KeyContext,
+    pub settings: Settings,
     pub command: Command,
+}
+
+/// Settings every command shares.
+pub struct Settings {
+    pub keys: KeyContext,
+    pub audit_log: Option<PathBuf>,
+    /// Where mounted volumes keep their live status files.
+    pub run_dir: PathBuf,
 }
 
 pub enum Command {
@@ -53,36 +63,93 @@ pub enum PlatformKeyAction {
 pub fn run(config: Config) -> Result<(), Error> {
     process::init_logging(config.verbosity);
     process::harden();
-    let keys = &config.keys;
+    let settings = &config.settings;
     match config.command {
-        Command::Init(c) => {
-            let body = volume::init(&c.backing, &c.key, keys, c.encrypt_names)?;
-            println!(
-                "created xtsfs volume {} in {}",
-                body.volume_id,
-                c.backing.display()
-            );
-            println!(
-                "protector: {} ({})",
-                body.protector.key, body.protector.key.algorithm
-            );
-            Ok(())
-        }
-        Command::Status(c) => status(&c, keys),
-        Command::Rewrap(c) => {
-            let (old, new) = volume::rewrap(&c.backing, keys, &c.key, c.current_key.as_ref())?;
-            println!("rewrapped volume {}", new.volume_id);
-            println!("from: {}", old.protector.key);
-            println!(
-                "to:   {} ({})",
-                new.protector.key, new.protector.key.algorithm
-            );
-            Ok(())
-        }
-        Command::PlatformKey(action) => platform_key(action, keys),
-        Command::Mount(c) => mount::mount(&c, keys),
+        Command::Init(c) => init(&c, settings),
+        Command::Status(c) => status(&c, settings),
+        Command::Rewrap(c) => rewrap(&c, settings),
+        Command::PlatformKey(action) => platform_key(action, &settings.keys),
+        Command::Mount(c) => mount::mount(&c, settings),
         Command::Unmount(c) => mount::unmount(&c),
     }
+}
+
+fn init(c: &InitConfig, settings: &Settings) -> Result<(), Error> {
+    let audit = Audit::open(settings.audit_log.as_deref())?;
+    let body = volume::init(&c.backing, &c.key, &settings.keys, c.encrypt_names)?;
+    audit.record(
+        &body.volume_id,
+        AuditEvent::Init,
+        Some(&body.protector.key),
+        None,
+        None,
+    );
+    println!(
+        "created xtsfs volume {} in {}",
+        body.volume_id,
+        c.backing.display()
+    );
+    println!(
+        "protector: {} ({})",
+        body.protector.key, body.protector.key.algorithm
+    );
+    Ok(())
+}
+
+/// The live status of the daemon serving `backing`, if one is running.
+fn live_status(backing: &Path, settings: &Settings) -> Option<LiveStatus> {
+    let backing = backing.canonicalize().ok()?;
+    LiveStatus::read(&live::status_path(&settings.run_dir, &backing))
+}
+
+fn rewrap(c: &RewrapConfig, settings: &Settings) -> Result<(), Error> {
+    let audit = Audit::open(settings.audit_log.as_deref())?;
+    let live = live_status(&c.backing, settings);
+    if let Some(live) = live.as_ref().filter(|l| l.state != ServingState::Serving) {
+        return Err(Error::Key(KeyError::Unavailable {
+            key: "the mounted volume's current key".into(),
+            detail: format!(
+                "the mount is {} because its key failed the last check; restore access before rewrapping",
+                serde_json::to_string(&live.state).unwrap_or_default().trim_matches('"')
+            ),
+        }));
+    }
+    let (old, new) =
+        match volume::rewrap(&c.backing, &settings.keys, &c.key, c.current_key.as_ref()) {
+            Ok(headers) => headers,
+            Err(e) => {
+                if let Ok((header, _)) = volume::read_header(&c.backing) {
+                    audit.record(
+                        &header.volume_id,
+                        AuditEvent::Rewrap,
+                        Some(&header.protector.key),
+                        Some(&e),
+                        None,
+                    );
+                }
+                return Err(e);
+            }
+        };
+    let detail = format!("from {}", old.protector.key);
+    audit.record(
+        &new.volume_id,
+        AuditEvent::Rewrap,
+        Some(&new.protector.key),
+        None,
+        Some(&detail),
+    );
+    if let Some(live) = live {
+        // The daemon checks access against the new protector right away.
+        // SAFETY: plain signal to the daemon's pid.
+        unsafe { libc::kill(live.pid as i32, libc::SIGUSR2) };
+    }
+    println!("rewrapped volume {}", new.volume_id);
+    println!("from: {}", old.protector.key);
+    println!(
+        "to:   {} ({})",
+        new.protector.key, new.protector.key.algorithm
+    );
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -96,6 +163,8 @@ struct StatusReport<'a> {
     protector: ProtectorReport<'a>,
     key_reachable: bool,
     key_error: Option<String>,
+    /// The mounted daemon's view, when the volume is mounted.
+    live: Option<LiveStatus>,
 }
 
 #[derive(Serialize)]
@@ -108,17 +177,24 @@ struct ProtectorReport<'a> {
     wrapped_at: &'a str,
 }
 
-fn status(c: &StatusConfig, keys: &KeyContext) -> Result<(), Error> {
-    let (body, bytes) = volume::read_header(&c.backing)?;
-    let check = volume::provider_for(&body.protector, c.key.as_ref(), keys).and_then(|provider| {
-        volume::unwrap_and_verify(
-            provider.as_ref(),
-            &body,
-            &bytes,
-            &c.backing.join(HEADER_FILE),
-        )
-    });
-    let report = report(&body, check.as_ref().err());
+fn status(c: &StatusConfig, settings: &Settings) -> Result<(), Error> {
+    let backing = mount::backing_of_mount(&c.backing).unwrap_or_else(|| c.backing.clone());
+    let live = live_status(&backing, settings);
+    if let Some(live) = live.as_ref().filter(|l| l.ephemeral) {
+        // An ephemeral volume has no header: its daemon is the whole story.
+        println!(
+            "{}",
+            serde_json::to_string_pretty(live).expect("status serializes")
+        );
+        return Ok(());
+    }
+    let (body, bytes) = volume::read_header(&backing)?;
+    let check = volume::provider_for(&body.protector, c.key.as_ref(), &settings.keys).and_then(
+        |provider| {
+            volume::unwrap_and_verify(provider.as_ref(), &body, &bytes, &backing.join(HEADER_FILE))
+        },
+    );
+    let report = report(&body, check.as_ref().err(), live);
     if c.json {
         println!(
             "{}",
@@ -131,7 +207,11 @@ fn status(c: &StatusConfig, keys: &KeyContext) -> Result<(), Error> {
     check.map(drop)
 }
 
-fn report<'a>(body: &'a HeaderBody, key_error: Option<&Error>) -> StatusReport<'a> {
+fn report<'a>(
+    body: &'a HeaderBody,
+    key_error: Option<&Error>,
+    live: Option<LiveStatus>,
+) -> StatusReport<'a> {
     let p = &body.protector;
     StatusReport {
         volume_id: &body.volume_id,
@@ -150,6 +230,7 @@ fn report<'a>(body: &'a HeaderBody, key_error: Option<&Error>) -> StatusReport<'
         },
         key_reachable: key_error.is_none(),
         key_error: key_error.map(|e| e.to_string()),
+        live,
     }
 }
 
@@ -173,6 +254,28 @@ fn print_status(r: &StatusReport<'_>) {
     match &r.key_error {
         None => println!("key:         reachable (unwrap and header MAC verified)"),
         Some(e) => println!("key:         NOT reachable: {e}"),
+    }
+    match &r.live {
+        None => println!("mounted:     no"),
+        Some(live) => {
+            let state = serde_json::to_string(&live.state).unwrap_or_default();
+            println!(
+                "mounted:     on {} (pid {})",
+                live.mountpoint.display(),
+                live.pid
+            );
+            println!(
+                "  state:     {} (on key loss: {})",
+                state.trim_matches('"'),
+                live.on_key_loss
+            );
+            if let Some(check) = &live.last_check {
+                match &check.error {
+                    None => println!("  last check: {} ok", check.at),
+                    Some(e) => println!("  last check: {} FAILED: {e}", check.at),
+                }
+            }
+        }
     }
 }
 

@@ -10,15 +10,20 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use fuser::{MountOption, SessionACL};
 
+use crate::audit::{Audit, AuditEvent};
+use crate::commands::Settings;
+use crate::crypto::VolumeKey;
 use crate::error::{Error, ExitCode};
 use crate::fs::adapter::FuseAdapter;
 use crate::fs::{FsOptions, Keyring, VolumeSecrets, XtsFs};
-use crate::keys::{KeyContext, KeyRef};
+use crate::keycheck::{dek_fingerprint, KeyMonitor, MonitorRequest, OnKeyLoss};
+use crate::keys::{KeyDescription, KeyError, KeyRef};
+use crate::live::{self, LiveStatus, ServingState};
 use crate::volume::{self, TREE_DIR};
 
 /// Set in the environment of the background daemon: the fd it reports readiness on.
@@ -36,6 +41,10 @@ pub struct MountConfig {
     pub key: Option<KeyRef>,
     pub threads: usize,
     pub log_file: Option<PathBuf>,
+    pub key_check_interval: Duration,
+    pub on_key_loss: OnKeyLoss,
+    /// A volume with a random in-memory key and no header, removed at unmount.
+    pub ephemeral: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -44,7 +53,7 @@ pub struct UnmountConfig {
     pub lazy: bool,
 }
 
-pub fn mount(config: &MountConfig, keys: &KeyContext) -> Result<(), Error> {
+pub fn mount(config: &MountConfig, settings: &Settings) -> Result<(), Error> {
     match std::env::var(READY_FD_ENV)
         .ok()
         .and_then(|fd| fd.parse::<i32>().ok())
@@ -52,9 +61,9 @@ pub fn mount(config: &MountConfig, keys: &KeyContext) -> Result<(), Error> {
         Some(fd) => {
             // SAFETY: the parent passed us this pipe's write end and nothing else owns it.
             let ready = unsafe { File::from_raw_fd(fd) };
-            serve(config, keys, Some(ready))
+            serve(config, settings, Some(ready))
         }
-        None if config.foreground => serve(config, keys, None),
+        None if config.foreground => serve(config, settings, None),
         None => spawn_daemon(),
     }
 }
@@ -122,8 +131,8 @@ fn exit_code_from(code: u8) -> ExitCode {
     .unwrap_or(ExitCode::Mount)
 }
 
-fn serve(config: &MountConfig, keys: &KeyContext, mut ready: Option<File>) -> Result<(), Error> {
-    let session = match start(config, keys) {
+fn serve(config: &MountConfig, settings: &Settings, mut ready: Option<File>) -> Result<(), Error> {
+    let session = match start(config, settings) {
         Ok(session) => session,
         Err(e) => {
             if let Some(ready) = ready.as_mut() {
@@ -152,46 +161,109 @@ fn serve(config: &MountConfig, keys: &KeyContext, mut ready: Option<File>) -> Re
 struct Running {
     mountpoint: PathBuf,
     signals: libc::sigset_t,
-    session_done: std::sync::mpsc::Receiver<()>,
+    session_done: mpsc::Receiver<()>,
+    monitor: Option<(mpsc::Sender<MonitorRequest>, std::thread::JoinHandle<()>)>,
+    audit: Arc<Audit>,
+    volume_id: String,
+    status_path: PathBuf,
+    /// For an ephemeral volume: the backing directory to empty at unmount.
+    ephemeral_backing: Option<PathBuf>,
+    /// Held until the daemon is done, so `xtsfs unmount` can wait for it.
     _volume_lock: File,
 }
 
-fn start(config: &MountConfig, keys: &KeyContext) -> Result<Running, Error> {
+/// What the volume is served with: its secrets and where they came from.
+struct Unlocked {
+    secrets: VolumeSecrets,
+    volume_id: String,
+    protector: Option<KeyDescription>,
+    dek_fingerprint: [u8; 32],
+}
+
+fn unlock(
+    config: &MountConfig,
+    backing: &Path,
+    settings: &Settings,
+    audit: &Audit,
+) -> Result<Unlocked, Error> {
+    if config.ephemeral {
+        let dek = VolumeKey::generate().map_err(KeyError::from)?;
+        return Ok(Unlocked {
+            dek_fingerprint: dek_fingerprint(&dek),
+            secrets: VolumeSecrets::new(dek, true),
+            volume_id: volume::new_uuid()?,
+            protector: None,
+        });
+    }
+    let volume = volume::unlock(backing, &settings.keys, config.key.as_ref()).inspect_err(|e| {
+        if let Ok((header, _)) = volume::read_header(backing) {
+            audit.record(
+                &header.volume_id,
+                AuditEvent::Unwrap,
+                Some(&header.protector.key),
+                Some(e),
+                None,
+            );
+        }
+    })?;
+    let key = volume.header.protector.key.clone();
+    audit.record(
+        &volume.header.volume_id,
+        AuditEvent::Unwrap,
+        Some(&key),
+        None,
+        None,
+    );
+    Ok(Unlocked {
+        dek_fingerprint: dek_fingerprint(&volume.dek),
+        secrets: VolumeSecrets::new(volume.dek, volume.header.names_encrypted()),
+        volume_id: volume.header.volume_id,
+        protector: Some(key),
+    })
+}
+
+fn start(config: &MountConfig, settings: &Settings) -> Result<Running, Error> {
     let mountpoint = check_mountpoint(&config.mountpoint)?;
     if !Path::new("/dev/fuse").exists() {
         return Err(Error::Mount(
             "/dev/fuse does not exist: load the fuse module (modprobe fuse), or give the container the fuse device".into(),
         ));
     }
+    if config.ephemeral {
+        volume::create_empty_tree(&config.backing)?;
+    }
     let backing = config
         .backing
         .canonicalize()
         .map_err(Error::io("cannot open backing directory", &config.backing))?;
     let volume_lock = lock_volume(&backing)?;
-    let volume = volume::unlock(&backing, keys, config.key.as_ref())?;
+    let audit = Arc::new(Audit::open(settings.audit_log.as_deref())?);
+    let unlocked = unlock(config, &backing, settings, &audit)?;
+    let encrypt_names = unlocked.secrets.names.is_encrypted();
     let tree = open_tree(&backing)?;
-    let secrets = VolumeSecrets::new(volume.dek, volume.header.names_encrypted());
-    let fs = XtsFs::new(
-        tree,
-        Arc::new(Keyring::new(secrets)),
-        FsOptions {
-            read_only: config.read_only,
-        },
-    )
-    .map_err(Error::io("cannot open", backing.join(TREE_DIR)))?;
+    let fs = Arc::new(
+        XtsFs::new(
+            tree,
+            Arc::new(Keyring::new(unlocked.secrets)),
+            FsOptions {
+                read_only: config.read_only,
+            },
+        )
+        .map_err(Error::io("cannot open", backing.join(TREE_DIR)))?,
+    );
 
-    // Signals are blocked before the session threads start, so only sigwait sees them.
-    let signals = shutdown_signals();
+    // Signals are blocked before any thread starts, so only sigwait sees them.
+    let signals = daemon_signals();
     // SAFETY: signals is an initialised set; blocking in this thread is inherited by new threads.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
 
-    let adapter = FuseAdapter::new(Arc::new(fs));
-    let session = open_session(adapter, &backing, &mountpoint, config)
+    let session = open_session(FuseAdapter::new(fs.clone()), &backing, &mountpoint, config)
         .map_err(|e| Error::Mount(format!("cannot mount on '{}': {e}", mountpoint.display())))?;
+    let notifier = session.notifier();
     let background = session
         .spawn()
         .map_err(|e| Error::Mount(format!("cannot start the FUSE session: {e}")))?;
-    let (done_tx, session_done) = std::sync::mpsc::channel();
+    let (done_tx, session_done) = mpsc::channel();
     std::thread::Builder::new()
         .name("xtsfs-session".into())
         .spawn(move || {
@@ -205,36 +277,109 @@ fn start(config: &MountConfig, keys: &KeyContext) -> Result<Running, Error> {
         })
         .map_err(Error::io("cannot start thread", "xtsfs-session"))?;
     check_mounted(&mountpoint)?;
+
+    let status = LiveStatus {
+        pid: std::process::id(),
+        state: ServingState::Serving,
+        backing: backing.clone(),
+        mountpoint: mountpoint.clone(),
+        volume_id: unlocked.volume_id.clone(),
+        ephemeral: config.ephemeral,
+        on_key_loss: config.on_key_loss.name().into(),
+        key_check_interval_secs: config.key_check_interval.as_secs_f64(),
+        last_check: None,
+        protector: unlocked.protector.clone(),
+    };
+    let status_path = live::status_path(&settings.run_dir, &backing);
+    let monitor = KeyMonitor {
+        backing: backing.clone(),
+        keys: settings.keys.clone(),
+        key_override: config.key.clone(),
+        fs,
+        notifier: Some(notifier),
+        audit: audit.clone(),
+        interval: config.key_check_interval,
+        on_loss: config.on_key_loss,
+        status,
+        status_path: status_path.clone(),
+        encrypt_names,
+        dek_fingerprint: unlocked.dek_fingerprint,
+    };
+    let monitor = if config.ephemeral {
+        // No header and no key to check: the status never changes.
+        monitor.publish();
+        None
+    } else {
+        let (requests, receiver) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("xtsfs-keycheck".into())
+            .spawn(move || monitor.run(receiver))
+            .map_err(Error::io("cannot start thread", "xtsfs-keycheck"))?;
+        Some((requests, handle))
+    };
+    audit.record(
+        &unlocked.volume_id,
+        AuditEvent::Mount,
+        unlocked.protector.as_ref(),
+        None,
+        None,
+    );
     Ok(Running {
         mountpoint,
         signals,
         session_done,
+        monitor,
+        audit,
+        volume_id: unlocked.volume_id,
+        status_path,
+        ephemeral_backing: config.ephemeral.then_some(backing),
         _volume_lock: volume_lock,
     })
 }
 
 impl Running {
-    /// Serves until the mount goes away or a signal asks to unmount.
+    /// Serves until the mount goes away or a signal asks to unmount. SIGUSR2 asks for
+    /// a key check now (`xtsfs rewrap` sends it after changing the protector).
     fn wait_for_shutdown(self) {
         loop {
             let mut signal = 0;
             // SAFETY: signals is initialised and blocked in this thread.
             unsafe { libc::sigwait(&self.signals, &mut signal) };
             if self.session_done.try_recv().is_ok() {
-                return;
+                break;
             }
-            if signal != libc::SIGUSR1 {
-                tracing::info!(signal, "unmounting on signal");
-                if let Err(e) = unmount_path(&self.mountpoint, false) {
-                    tracing::warn!(
-                        "{e}; detaching lazily, the daemon exits when the last file is closed"
-                    );
-                    let _ = unmount_path(&self.mountpoint, true);
+            match signal {
+                libc::SIGUSR1 => {}
+                libc::SIGUSR2 => {
+                    if let Some((requests, _)) = &self.monitor {
+                        let _ = requests.send(MonitorRequest::CheckNow);
+                    }
                 }
-                let _ = self.session_done.recv();
-                return;
+                _ => {
+                    tracing::info!(signal, "unmounting on signal");
+                    if let Err(e) = unmount_path(&self.mountpoint, false) {
+                        tracing::warn!(
+                            "{e}; detaching lazily, the daemon exits when the last file is closed"
+                        );
+                        let _ = unmount_path(&self.mountpoint, true);
+                    }
+                    let _ = self.session_done.recv();
+                    break;
+                }
             }
         }
+        if let Some((requests, handle)) = self.monitor {
+            let _ = requests.send(MonitorRequest::Stop);
+            let _ = handle.join();
+        }
+        let _ = std::fs::remove_file(&self.status_path);
+        if let Some(backing) = &self.ephemeral_backing {
+            if let Err(e) = std::fs::remove_dir_all(backing.join(TREE_DIR)) {
+                tracing::error!(backing = %backing.display(), "cannot remove the ephemeral volume's contents: {e}");
+            }
+        }
+        self.audit
+            .record(&self.volume_id, AuditEvent::Unmount, None, None, None);
     }
 }
 
@@ -350,12 +495,18 @@ fn mount_flag(option: &str) -> Option<libc::c_ulong> {
     })
 }
 
-fn shutdown_signals() -> libc::sigset_t {
+fn daemon_signals() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise and fill the set.
     unsafe {
         let mut set = std::mem::zeroed::<libc::sigset_t>();
         libc::sigemptyset(&mut set);
-        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1] {
+        for signal in [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+        ] {
             libc::sigaddset(&mut set, signal);
         }
         set
@@ -472,6 +623,12 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
         libc::fcntl(fds[0], libc::F_SETFD, libc::FD_CLOEXEC);
         Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
     }
+}
+
+/// The backing directory of the xtsfs mount at `path`, if `path` is one.
+pub fn backing_of_mount(path: &Path) -> Option<PathBuf> {
+    let entry = find_mount(&path.canonicalize().ok()?)?;
+    (entry.fs_type == "fuse.xtsfs").then(|| PathBuf::from(entry.source))
 }
 
 pub fn unmount(config: &UnmountConfig) -> Result<(), Error> {

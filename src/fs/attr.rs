@@ -102,21 +102,13 @@ fn timespec(time: TimeOrNow) -> libc::timespec {
                 tv_sec: d.as_secs() as i64,
                 tv_nsec: d.subsec_nanos() as i64,
             },
-            Err(e) => {
-                let d = e.duration();
-                let (secs, nanos) = if d.subsec_nanos() == 0 {
-                    (-(d.as_secs() as i64), 0)
-                } else {
-                    (
-                        -(d.as_secs() as i64) - 1,
-                        1_000_000_000 - d.subsec_nanos() as i64,
-                    )
-                };
-                libc::timespec {
-                    tv_sec: secs,
-                    tv_nsec: nanos,
-                }
-            }
+            // fuser 0.18 decodes the kernel's (tv_sec < 0, tv_nsec) as UNIX_EPOCH minus
+            // (-tv_sec s + tv_nsec ns) (its `system_time_from_time`), so undoing exactly that
+            // recovers the time asked for; the true instant would be off by 2 * tv_nsec.
+            Err(e) => libc::timespec {
+                tv_sec: -(e.duration().as_secs() as i64),
+                tv_nsec: e.duration().subsec_nanos() as i64,
+            },
         },
     }
 }

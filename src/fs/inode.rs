@@ -165,6 +165,14 @@ impl InodeTable {
         }
     }
 
+    /// Ids of every node the kernel may hold.
+    pub fn ids(&self) -> Vec<u64> {
+        self.tables
+            .lock()
+            .map(|t| t.nodes.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Drops every cached contents key.
     pub fn forget_ciphers(&self) {
         if let Ok(tables) = self.tables.lock() {

@@ -44,4 +44,24 @@ impl Keyring {
             .clone()
             .ok_or(Errno::EACCES)
     }
+
+    /// Stops serving. The DEK is zeroized as soon as in-flight requests drop their
+    /// references to it.
+    pub fn withdraw(&self) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    pub fn restore(&self, secrets: VolumeSecrets) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(secrets));
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.get().is_ok()
+    }
 }

@@ -91,9 +91,39 @@ impl XtsFs {
         &self.keyring
     }
 
-    /// Forgets every derived key, for when the volume key is withdrawn.
-    pub fn forget_keys(&self) {
+    /// Stops serving: no new request gets a key, every derived key is dropped, and the
+    /// kernel is told to drop its cached attributes and plaintext pages so nothing is
+    /// served from its caches either. Every acknowledged write is already in the backing
+    /// file system (writes go through, there is no writeback cache); [`Self::sync_backing`]
+    /// makes it durable.
+    pub fn withdraw_keys(&self, notifier: Option<&fuser::Notifier>) {
+        self.keyring.withdraw();
         self.inodes.forget_ciphers();
+        if let Some(notifier) = notifier {
+            for id in self.inodes.ids() {
+                // ENOENT just means the kernel already dropped that inode.
+                let _ = notifier.inval_inode(fuser::INodeNo(id), 0, 0);
+            }
+        }
+    }
+
+    /// Flushes the backing file system to disk.
+    pub fn sync_backing(&self) -> std::io::Result<()> {
+        let root = self
+            .inodes
+            .get(inode::ROOT_ID)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.code()))?;
+        let dir = backing::open_at(
+            root.fd(),
+            OsStr::new("."),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
+        // SAFETY: valid fd.
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     fn writable(&self) -> Result<(), Errno> {
@@ -365,15 +395,26 @@ impl XtsFs {
         let secrets = self.keyring.get()?;
         let node = self.inodes.get(id)?;
         let write = flags & O_ACCMODE != libc::O_RDONLY;
-        if write {
+        // With FUSE_ATOMIC_O_TRUNC the kernel leaves O_TRUNC to us even on an O_RDONLY open,
+        // which truncates on Linux (the kernel has already checked write permission).
+        let trunc = flags & libc::O_TRUNC != 0;
+        if write || trunc {
             self.writable()?;
         }
         // Partial-unit writes read before they write, so a writable handle is O_RDWR.
         // O_APPEND is the kernel's business (it sends the offset), and O_DIRECT cannot
         // apply to a backing file whose units sit after a header.
-        let file = backing::reopen(node.fd(), if write { libc::O_RDWR } else { libc::O_RDONLY })
-            .map_err(Errno::from)?;
-        if write && flags & libc::O_TRUNC != 0 {
+        let access = if write || trunc {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        };
+        let file = backing::reopen(node.fd(), access).map_err(Errno::from)?;
+        // A damaged file fails to open: its size may read as 0, so the kernel would never
+        // send the read that reports the damage.
+        plain_len(&node, &file)?;
+        node.cipher(&file, &secrets.dek)?;
+        if trunc {
             self.truncate(&node, &file, 0, &secrets)?;
         }
         let direct_io = flags & libc::O_DIRECT != 0;
@@ -480,6 +521,7 @@ impl XtsFs {
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Errno> {
+        self.keyring.get()?;
         let handle = self.handles.get(fh)?;
         let file = handle.sync_target();
         if datasync {

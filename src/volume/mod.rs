@@ -18,6 +18,8 @@ use header::HeaderBody;
 
 pub const HEADER_FILE: &str = "xtsfs.header";
 const HEADER_TMP: &str = "xtsfs.header.tmp";
+/// Serialises header updates between `xtsfs rewrap` and a mounted daemon's auto-rotation.
+const HEADER_LOCK: &str = "xtsfs.lock";
 pub const TREE_DIR: &str = "tree";
 const MAX_HEADER_FILE: u64 = 80 * 1024;
 
@@ -172,6 +174,7 @@ pub fn rewrap(
     new_key: &KeyRef,
     current_key: Option<&KeyRef>,
 ) -> Result<(HeaderBody, HeaderBody), Error> {
+    let _lock = HeaderLock::acquire(backing)?;
     let volume = unlock(backing, ctx, current_key)?;
     let provider = open_for_wrapping(new_key, ctx)?;
     let protector = wrap_checked(provider.as_ref(), &volume.dek)?;
@@ -183,8 +186,57 @@ pub fn rewrap(
     Ok((volume.header, new))
 }
 
+/// Swaps in `new` as the header's protector, unless the header no longer holds
+/// `expected` (someone rewrapped meanwhile). Returns the new header if it was written.
+pub fn replace_protector(
+    backing: &Path,
+    dek: &VolumeKey,
+    expected: &Protector,
+    new: Protector,
+) -> Result<Option<HeaderBody>, Error> {
+    let _lock = HeaderLock::acquire(backing)?;
+    let (current, _) = read_header(backing)?;
+    if &current.protector != expected {
+        return Ok(None);
+    }
+    let body = HeaderBody {
+        protector: new,
+        ..current
+    };
+    write_header(backing, &body.encode(dek))?;
+    Ok(Some(body))
+}
+
+/// An exclusive lock on the volume's header for a read-modify-write of it.
+pub struct HeaderLock {
+    /// The lock lives as long as this open file.
+    _file: File,
+}
+
+impl HeaderLock {
+    pub fn acquire(backing: &Path) -> Result<Self, Error> {
+        use std::os::fd::AsRawFd;
+        let path = backing.join(HEADER_LOCK);
+        let file = File::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(Error::io("cannot open header lock", &path))?;
+        // SAFETY: valid fd; blocks until other header writers are done.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::io("cannot lock", &path)(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(HeaderLock { _file: file })
+    }
+}
+
 /// Opens a key for a new wrap; platform keys are created on first use.
-fn open_for_wrapping(key: &KeyRef, ctx: &KeyContext) -> Result<Box<dyn KeyProvider>, Error> {
+pub fn open_for_wrapping(key: &KeyRef, ctx: &KeyContext) -> Result<Box<dyn KeyProvider>, Error> {
     if let KeyRef::Mmk { id } = key {
         let store = PlatformKeyStore::open_or_create(&ctx.platform_key_dir)?;
         if store.latest_version(id)?.is_none() {
@@ -217,6 +269,21 @@ pub fn write_header(backing: &Path, bytes: &[u8]) -> Result<(), Error> {
         .map_err(Error::io("cannot sync backing directory", backing))
 }
 
+/// Lays out an ephemeral volume: an empty or absent `backing` with only a tree in it.
+pub fn create_empty_tree(backing: &Path) -> Result<(), Error> {
+    ensure_empty(backing)?;
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(backing)
+        .map_err(Error::io("cannot create backing directory", backing))?;
+    let tree = backing.join(TREE_DIR);
+    DirBuilder::new()
+        .mode(0o700)
+        .create(&tree)
+        .map_err(Error::io("cannot create", &tree))
+}
+
 fn ensure_empty(backing: &Path) -> Result<(), Error> {
     match fs::read_dir(backing) {
         Ok(mut entries) => match entries.next() {
@@ -228,7 +295,7 @@ fn ensure_empty(backing: &Path) -> Result<(), Error> {
     }
 }
 
-fn new_uuid() -> Result<String, Error> {
+pub fn new_uuid() -> Result<String, Error> {
     let mut b: [u8; 16] = random_array().map_err(KeyError::from)?;
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant

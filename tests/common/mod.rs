@@ -1,0 +1,213 @@
+//! Shared fixture for the integration tests: a private scratch directory with its own
+//! platform key store, the built `xtsfs` binary, and keys made with the openssl CLI.
+
+// Each test crate includes this module and uses a different part of it.
+#![allow(dead_code)]
+
+pub mod mount;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use xtsfs::keys::{KeyContext, KeyRef};
+
+pub struct TestEnv {
+    dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("xtsfs-test-")
+            .tempdir()
+            .expect("create temp dir");
+        TestEnv { dir }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.root().join(relative)
+    }
+
+    /// The default backing directory (not created).
+    pub fn backing(&self) -> PathBuf {
+        self.path("backing")
+    }
+
+    /// This environment's platform key store (created on first use by xtsfs).
+    pub fn platform_key_dir(&self) -> PathBuf {
+        self.path("platform-keys")
+    }
+
+    pub fn key_context(&self) -> KeyContext {
+        KeyContext {
+            platform_key_dir: self.platform_key_dir(),
+        }
+    }
+
+    /// Runs the built binary with this environment's platform key store.
+    pub fn xtsfs(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_xtsfs"))
+            .args(args)
+            .env("XTSFS_PLATFORM_KEY_DIR", self.platform_key_dir())
+            .env("XTSFS_RUN_DIR", self.path("run"))
+            .env_remove("XTSFS_AUDIT_LOG")
+            .env_remove("RUST_LOG")
+            .current_dir(self.root())
+            .output()
+            .expect("run xtsfs")
+    }
+
+    /// Runs `openssl` with `args`, panicking with its stderr if it fails.
+    pub fn openssl(&self, args: &[&str]) -> Vec<u8> {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(self.root())
+            .output()
+            .expect("run openssl");
+        assert!(
+            output.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    }
+
+    /// Generates a private key with `openssl genpkey` into `name`, mode 0600.
+    pub fn genpkey(&self, name: &str, algorithm_args: &[&str]) -> PathBuf {
+        let path = self.path(name);
+        let mut args = vec!["genpkey", "-out", path_str(&path)];
+        args.extend_from_slice(algorithm_args);
+        self.openssl(&args);
+        set_mode(&path, 0o600);
+        path
+    }
+
+    /// An RSA private key (PKCS#8 PEM) of `bits` bits.
+    pub fn rsa_key(&self, name: &str, bits: u32) -> PathBuf {
+        let bits = format!("rsa_keygen_bits:{bits}");
+        self.genpkey(name, &["-algorithm", "RSA", "-pkeyopt", &bits])
+    }
+
+    /// An EC P-256 private key (PKCS#8 PEM).
+    pub fn ec_key(&self, name: &str) -> PathBuf {
+        self.genpkey(
+            name,
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        )
+    }
+
+    pub fn ed25519_key(&self, name: &str) -> PathBuf {
+        self.genpkey(name, &["-algorithm", "ED25519"])
+    }
+
+    /// `sha256:` + hex SHA-256 of the key's DER SubjectPublicKeyInfo, computed by openssl.
+    pub fn openssl_fingerprint(&self, key: &Path) -> String {
+        let der = self.path(".spki.der");
+        let (key, der_str) = (path_str(key), path_str(&der));
+        self.openssl(&[
+            "pkey", "-in", key, "-pubout", "-outform", "DER", "-out", der_str,
+        ]);
+        let digest = self.openssl(&["dgst", "-sha256", "-binary", der_str]);
+        fs::remove_file(&der).expect("remove SPKI file");
+        format!("sha256:{}", hex(&digest))
+    }
+}
+
+pub fn pem_ref(path: &Path) -> KeyRef {
+    KeyRef::Pem { path: path.into() }
+}
+
+pub fn mmk_ref(id: &str) -> KeyRef {
+    KeyRef::Mmk { id: id.into() }
+}
+
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+pub fn mode(path: &Path) -> u32 {
+    fs::metadata(path).expect("stat").permissions().mode() & 0o7777
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts the exit code, showing both output streams when it differs.
+#[track_caller]
+pub fn assert_exit(output: &Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(output),
+        stderr(output)
+    );
+}
+
+/// Asserts a failure that xtsfs reported as an error (not a panic) with exit `code`.
+#[track_caller]
+pub fn assert_error(output: &Output, code: i32) {
+    assert_exit(output, code);
+    let err = stderr(output);
+    assert!(err.starts_with("xtsfs: error:"), "stderr: {err}");
+    assert!(!err.contains("panicked"), "stderr: {err}");
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex(text: &str) -> Vec<u8> {
+    assert!(text.len() % 2 == 0, "odd-length hex: {text}");
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex digit"))
+        .collect()
+}
+
+/// Copies a directory tree (files and directories only).
+pub fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("create dir");
+    for entry in fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (SplitMix64): known content without test data files.
+pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        bytes.extend_from_slice(&next().to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
+}

@@ -1,0 +1,156 @@
+//! Mounted volumes for integration tests: init + mount in a TestEnv, unmount on drop.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use super::{path_str, TestEnv};
+
+/// A volume mounted by the real `xtsfs mount` (as root, over /dev/fuse).
+pub struct Mounted<'a> {
+    env: &'a TestEnv,
+    pub backing: PathBuf,
+    pub mountpoint: PathBuf,
+    mounted: bool,
+}
+
+impl TestEnv {
+    /// Inits a volume (default: MMK) with `init_args` and mounts it.
+    pub fn mounted(&self, init_args: &[&str]) -> Mounted<'_> {
+        require_fuse();
+        let backing = self.backing();
+        let mut args = vec!["init", path_str(&backing)];
+        args.extend_from_slice(init_args);
+        assert_success(&self.xtsfs(&args), "init");
+        let mountpoint = self.path("mnt");
+        fs::create_dir_all(&mountpoint).expect("create mount point");
+        let mut mounted = Mounted {
+            env: self,
+            backing,
+            mountpoint,
+            mounted: false,
+        };
+        mounted.mount(&[]);
+        mounted
+    }
+}
+
+impl Mounted<'_> {
+    /// A path inside the mount.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.mountpoint.join(relative)
+    }
+
+    /// The backing directory holding the encrypted tree.
+    pub fn tree(&self) -> PathBuf {
+        self.backing.join("tree")
+    }
+
+    pub fn mount(&mut self, extra: &[&str]) {
+        let mut args = vec!["mount", path_str(&self.backing), path_str(&self.mountpoint)];
+        args.extend_from_slice(extra);
+        assert_success(&self.env.xtsfs(&args), "mount");
+        self.mounted = true;
+    }
+
+    /// `xtsfs unmount`, which returns once the daemon has let go of the volume.
+    pub fn unmount(&mut self) -> Output {
+        let output = self.env.xtsfs(&["unmount", path_str(&self.mountpoint)]);
+        if output.status.success() {
+            self.mounted = false;
+        }
+        output
+    }
+
+    /// The backing entry that `relative` (inside the mount) is stored as, found by its
+    /// inode number: the mount reports backing inode numbers as `st_ino`.
+    pub fn backing_path(&self, relative: &str) -> PathBuf {
+        let ino = fs::symlink_metadata(self.path(relative))
+            .expect("stat in mount")
+            .ino();
+        let mut stack = vec![self.tree()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).expect("list backing dir") {
+                let entry = entry.expect("backing entry");
+                if entry.ino() == ino {
+                    return entry.path();
+                }
+                if entry.file_type().expect("backing file type").is_dir() {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        panic!("no backing entry has inode {ino} ({relative})");
+    }
+
+    pub fn remount(&mut self) {
+        assert_success(&self.unmount(), "unmount");
+        self.mount(&[]);
+    }
+}
+
+impl Drop for Mounted<'_> {
+    fn drop(&mut self) {
+        if self.mounted && !self.unmount().status.success() {
+            let _ = self
+                .env
+                .xtsfs(&["unmount", "--lazy", path_str(&self.mountpoint)]);
+        }
+    }
+}
+
+/// The tests need root and a FUSE device; say so plainly rather than fail obscurely.
+pub fn require_fuse() {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "mount tests run as root (CI does)"
+    );
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "mount tests need /dev/fuse (modprobe fuse)"
+    );
+}
+
+pub fn assert_success(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Every place under `dir` where `needle` occurs: in file contents, in entry names, in
+/// symlink targets.
+pub fn find_plaintext(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = fs::symlink_metadata(&path).expect("stat backing entry");
+        let name = path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+        if contains(name, needle) {
+            hits.push(path.clone());
+        }
+        if meta.is_dir() {
+            for entry in fs::read_dir(&path).expect("list backing dir") {
+                stack.push(entry.expect("backing entry").path());
+            }
+        } else if meta.file_type().is_symlink() {
+            let target = fs::read_link(&path).expect("read backing symlink");
+            if contains(target.as_os_str().as_bytes(), needle) {
+                hits.push(path);
+            }
+        } else if meta.is_file() && contains(&fs::read(&path).expect("read backing file"), needle) {
+            hits.push(path);
+        }
+    }
+    hits
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
