@@ -49,7 +49,7 @@ enum Sub {
     /// Create a volume in an empty or absent backing directory.
     Init {
         backing: PathBuf,
-        /// Key-encryption key: mmk[:ID] (default mmk:default) or pem:PATH.
+        /// Key-encryption key: mmk[:ID] (default mmk:default), pem:PATH, pkcs11:URI or command:PROGRAM[#VERSION].
         #[arg(long, default_value = "mmk")]
         key: String,
         /// Store file names unencrypted.

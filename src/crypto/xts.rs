@@ -75,14 +75,14 @@ impl Xts256 {
     }
 
     /// XTS over whole blocks; returns the tweak for the block after `chunk`.
-    fn batch(&self, mut tweak: u128, chunk: &mut [u8], dir: Direction) -> u128 {
+    fn batch(&self, tweak: u128, chunk: &mut [u8], dir: Direction) -> u128 {
         let mut tweaks = [0u128; BATCH_BLOCKS];
         let (blocks, _) = Array::<u8, _>::slice_as_chunks_mut(chunk);
         let blocks: &mut [aes::Block] = blocks;
-        for (block, t) in blocks.iter_mut().zip(tweaks.iter_mut()) {
-            *t = tweak;
-            xor_tweak(block, tweak);
-            tweak = mul_alpha(tweak);
+        let tweaks = &mut tweaks[..blocks.len()];
+        let next = fill_tweaks(tweak, tweaks);
+        for (block, t) in blocks.iter_mut().zip(tweaks.iter()) {
+            xor_tweak(block, *t);
         }
         match dir {
             Direction::Encrypt => self.data.encrypt_blocks(blocks),
@@ -91,7 +91,7 @@ impl Xts256 {
         for (block, t) in blocks.iter_mut().zip(tweaks.iter()) {
             xor_tweak(block, *t);
         }
-        tweak
+        next
     }
 
     /// Ciphertext stealing (IEEE 1619 §5.3.2) over the last full block and the partial
@@ -149,6 +149,49 @@ fn xor_tweak(block: &mut aes::Block, tweak: u128) {
 /// Multiplication by the primitive element α in GF(2^128), little-endian (IEEE 1619).
 fn mul_alpha(t: u128) -> u128 {
     (t << 1) ^ if t >> 127 == 1 { 0x87 } else { 0 }
+}
+
+/// Chains of tweaks stepped together: each multiplication waits only on the one eight
+/// blocks back, so eight overlap instead of all 256 of a unit forming one serial chain.
+const TWEAK_CHAINS: usize = 8;
+
+/// `REDUCE_BYTE[b]`: what the eight bits `b` shifted out past x^127 fold back to, using
+/// x^128 = x^7 + x^2 + x + 1 (0x87).
+const REDUCE_BYTE: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut bit = 0;
+        while bit < 8 {
+            if b >> bit & 1 == 1 {
+                table[b] ^= 0x87 << bit;
+            }
+            bit += 1;
+        }
+        b += 1;
+    }
+    table
+};
+
+/// Multiplication by α^8.
+fn mul_alpha8(t: u128) -> u128 {
+    (t << 8) ^ REDUCE_BYTE[(t >> 120) as usize] as u128
+}
+
+/// Fills `tweaks` with `first`·α^j and returns the tweak after the last one.
+fn fill_tweaks(first: u128, tweaks: &mut [u128]) -> u128 {
+    let mut t = first;
+    for slot in tweaks.iter_mut().take(TWEAK_CHAINS) {
+        *slot = t;
+        t = mul_alpha(t);
+    }
+    for j in TWEAK_CHAINS..tweaks.len() {
+        tweaks[j] = mul_alpha8(tweaks[j - TWEAK_CHAINS]);
+    }
+    match tweaks.len().checked_sub(TWEAK_CHAINS) {
+        Some(back) => mul_alpha8(tweaks[back]),
+        None => t,
+    }
 }
 
 #[cfg(test)]

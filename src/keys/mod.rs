@@ -1,8 +1,10 @@
 //! Key-encryption keys (KEKs). Every kind of key sits behind [`KeyProvider`]; the one
 //! contract suite in tests/key_providers.rs runs against each of them.
 
+pub mod command;
 pub mod mmk;
 pub mod pem;
+pub mod pkcs11;
 mod protector;
 mod secure_file;
 
@@ -10,6 +12,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::crypto::VolumeKey;
+pub use pkcs11::Pkcs11Uri;
 pub use protector::{KeyDescription, KeyKind, Protector};
 
 /// Wraps and unwraps the volume data key with one key-encryption key.
@@ -33,11 +36,24 @@ impl KeyContext {
     pub const DEFAULT_PLATFORM_KEY_DIR: &'static str = "/var/lib/xtsfs/platform-keys";
 }
 
-/// A key reference as the user writes it: `mmk`, `mmk:ID`, `pem:PATH`.
+/// A key reference as the user writes it: `mmk`, `mmk:ID`, `pem:PATH`, `pkcs11:URI`
+/// (RFC 7512), `command:PROGRAM[#VERSION]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyRef {
-    Mmk { id: String },
-    Pem { path: PathBuf },
+    Mmk {
+        id: String,
+    },
+    Pem {
+        path: PathBuf,
+    },
+    Pkcs11 {
+        uri: Pkcs11Uri,
+    },
+    /// `version: None` follows the newest version of the program's key.
+    Command {
+        program: PathBuf,
+        version: Option<String>,
+    },
 }
 
 impl KeyRef {
@@ -56,6 +72,25 @@ impl KeyRef {
             "pem" if !rest.is_empty() => Ok(KeyRef::Pem {
                 path: PathBuf::from(rest),
             }),
+            "pkcs11" => Ok(KeyRef::Pkcs11 {
+                uri: Pkcs11Uri::parse(text)?,
+            }),
+            "command" => {
+                // PROGRAM is a path; a '#' in it would read as the start of a version.
+                let (program, version) = match rest.split_once('#') {
+                    Some((program, version)) => (program, Some(version)),
+                    None => (rest, None),
+                };
+                if program.is_empty() || version.is_some_and(str::is_empty) {
+                    return Err(KeyError::InvalidRef(format!(
+                        "{text} (write command:PROGRAM or command:PROGRAM#VERSION)"
+                    )));
+                }
+                Ok(KeyRef::Command {
+                    program: PathBuf::from(program),
+                    version: version.map(str::to_owned),
+                })
+            }
             _ => Err(KeyError::InvalidRef(text.into())),
         }
     }
@@ -66,6 +101,10 @@ impl KeyRef {
         Ok(match self {
             KeyRef::Mmk { id } => Box::new(mmk::MmkProvider::open(&ctx.platform_key_dir, id)?),
             KeyRef::Pem { path } => Box::new(pem::PemProvider::open(path)?),
+            KeyRef::Pkcs11 { uri } => Box::new(pkcs11::Pkcs11Provider::open(uri)?),
+            KeyRef::Command { program, version } => {
+                Box::new(command::CommandProvider::open(program, version.as_deref())?)
+            }
         })
     }
 }
@@ -75,6 +114,15 @@ impl fmt::Display for KeyRef {
         match self {
             KeyRef::Mmk { id } => write!(f, "mmk:{id}"),
             KeyRef::Pem { path } => write!(f, "pem:{}", path.display()),
+            KeyRef::Pkcs11 { uri } => write!(f, "{uri}"),
+            KeyRef::Command {
+                program,
+                version: None,
+            } => write!(f, "command:{}", program.display()),
+            KeyRef::Command {
+                program,
+                version: Some(version),
+            } => write!(f, "command:{}#{version}", program.display()),
         }
     }
 }
@@ -121,6 +169,10 @@ pub enum KeyError {
     Unavailable { key: String, detail: String },
     #[error("the key failed its wrap/unwrap check: {0}")]
     RoundTrip(String),
+    #[error("KMS command '{program}' broke the protocol: {detail}")]
+    Protocol { program: PathBuf, detail: String },
+    #[error("{0}")]
+    Config(String),
     #[error("{context} '{path}': {source}")]
     Io {
         context: &'static str,
@@ -136,22 +188,27 @@ impl KeyError {
     pub fn hint(&self) -> String {
         match self {
             KeyError::InvalidRef(_) => {
-                "use --key mmk, mmk:ID or pem:PATH".into()
+                "use --key mmk, mmk:ID, pem:PATH, 'pkcs11:token=T;object=LABEL?module-path=/PATH/module.so&pin-source=file:/PATH' or command:PROGRAM[#VERSION] (docs/KMS.md)".into()
             }
-            KeyError::NotFound(_) => "check the key reference, or the --platform-key-dir / XTSFS_PLATFORM_KEY_DIR the volume was made with".into(),
+            KeyError::NotFound(_) => "check the key reference (for a token: pkcs11-tool --list-objects), or the --platform-key-dir / XTSFS_PLATFORM_KEY_DIR the volume was made with".into(),
             KeyError::TooOpen { path, .. } => format!(
-                "key material must be readable by its owner only: run chmod go-rwx '{}'",
+                "key material must be readable, and a KMS command or PKCS#11 module writable, by its owner only: run chmod go-rwx '{}'",
                 path.display()
             ),
             KeyError::WrongOwner { path, expected, .. } => {
                 format!("run chown {expected} '{}'", path.display())
             }
-            KeyError::Unsupported(_) => "give an RSA private key (PKCS#8 or PKCS#1 PEM), e.g. openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072".into(),
+            KeyError::Unsupported(_) => "give an RSA key: a PKCS#8 or PKCS#1 PEM file (openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072) or a token key pair (pkcs11-tool --keypairgen --key-type rsa:3072)".into(),
             KeyError::WrongKey { .. } => "pass the key the volume was last wrapped with (xtsfs status shows it)".into(),
             KeyError::UnwrapFailed { .. } => "the header's wrapped key or the key itself is damaged; restore the key or the header from backup".into(),
-            KeyError::Denied { .. } => "grant this host decrypt/unwrap permission on the key, then retry".into(),
-            KeyError::Unavailable { .. } => "check that the key service is reachable, then retry".into(),
+            KeyError::Denied { .. } => "grant this host decrypt/unwrap permission on the key (for a token: the PIN, and CKA_DECRYPT on the private key), then retry".into(),
+            KeyError::Unavailable { .. } => "check that the key service (KMS command, HSM token and its module) is reachable, then retry".into(),
             KeyError::RoundTrip(_) => "the key must allow both wrap (encrypt) and unwrap (decrypt)".into(),
+            KeyError::Protocol { program, .. } => format!(
+                "the program must speak the protocol in docs/KMS.md; try it by hand: echo '{{\"xtsfs_kms\":1,\"op\":\"check\",\"key_version\":null}}' | '{}'",
+                program.display()
+            ),
+            KeyError::Config(_) => "fix or unset the setting named above".into(),
             KeyError::Io { .. } => "check that the path exists and is readable".into(),
             KeyError::Random(_) => "the system's random source is broken; do not create volumes on this machine".into(),
         }

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 pub enum KeyKind {
     Mmk,
     Pem,
+    Pkcs11,
+    Command,
 }
 
 impl fmt::Display for KeyKind {
@@ -16,6 +18,8 @@ impl fmt::Display for KeyKind {
         f.write_str(match self {
             KeyKind::Mmk => "mmk",
             KeyKind::Pem => "pem",
+            KeyKind::Pkcs11 => "pkcs11",
+            KeyKind::Command => "command",
         })
     }
 }
@@ -27,7 +31,8 @@ pub struct KeyDescription {
     pub key_id: String,
     pub key_version: String,
     pub algorithm: String,
-    /// The key reference that finds this key again (`mmk:ID`, `pem:PATH`).
+    /// The key reference that finds this key again (`mmk:ID`, `pem:PATH`, `pkcs11:URI`
+    /// without any pin-value, `command:PROGRAM[#VERSION]`).
     pub key_ref: String,
 }
 

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Benchmarks xtsfs against the bare backing directory and gocryptfs (fio + Redis), then
+# the XTS core against OpenSSL. Needs root (mounts, drop_caches). Options go to bench.py,
+# e.g. scripts/bench.sh --runtime 3 --size 128M --redis-keys 200000 --no-docs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "bench.sh needs root (it mounts and drops caches)" >&2; exit 1; }
+scripts/setup.sh
+python3 -c 'import matplotlib' 2>/dev/null || pip install --quiet matplotlib
+cargo build --release --locked
+python3 scripts/bench.py "$@"
+scripts/bench-xts.sh

@@ -1,0 +1,924 @@
+//! The customer-managed-key providers against real parts: RSA key pairs in SoftHSM2 tokens
+//! through PKCS#11, and KMS commands doing real RSA-OAEP-256 with openssl
+//! (tests/support/openssl-kms.sh). Both through the library and through the `xtsfs` CLI.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::Attribute;
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use serde_json::Value;
+
+use common::{assert_error, assert_exit, path_str, set_mode, stderr, stdout, TestEnv};
+use xtsfs::crypto::VolumeKey;
+use xtsfs::keys::{
+    wrap_checked, KeyDescription, KeyError, KeyKind, KeyProvider, KeyRef, Protector,
+};
+
+const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const USER_PIN: &str = "1234";
+const SO_PIN: &str = "5678";
+
+// --- the provider contract ----------------------------------------------------------------
+
+/// What every [`KeyProvider`] owes the volume code, whatever holds its key. Meant to
+/// match tests/key_providers.rs, and self-contained so that the two can become one.
+fn run_provider_contract(provider: &dyn KeyProvider, kind: KeyKind) {
+    let description = provider.describe().expect("describe");
+    assert_eq!(description.kind, kind);
+    assert!(!description.key_id.is_empty(), "{description:?}");
+    assert!(!description.key_version.is_empty(), "{description:?}");
+    assert!(!description.algorithm.is_empty(), "{description:?}");
+    let key_ref = KeyRef::parse(&description.key_ref).expect("the recorded key_ref parses");
+    assert_eq!(
+        key_ref.to_string(),
+        description.key_ref,
+        "key_ref round-trips"
+    );
+
+    let dek = VolumeKey::generate().expect("random DEK");
+    let secret_texts = [hex(dek.expose()), b64(dek.expose())];
+    let protector = provider.wrap(&dek).expect("wrap");
+    assert_eq!(
+        protector.key, description,
+        "wrap uses the key version describe reports"
+    );
+    let wrapped = protector
+        .wrapped_bytes()
+        .expect("the wrapped key is base64");
+    assert!(
+        !wrapped
+            .windows(16)
+            .any(|w| dek.expose().windows(16).any(|d| d == w)),
+        "the wrapped key shows part of the DEK"
+    );
+    let header_json = serde_json::to_string(&protector).expect("protector serializes");
+    for secret in &secret_texts {
+        assert!(
+            !header_json.contains(secret.as_str()),
+            "the protector shows the DEK"
+        );
+    }
+
+    let unwrapped = provider
+        .unwrap(&protector)
+        .expect("the provider recognises its own protector")
+        .expect("unwrap");
+    assert_eq!(unwrapped.expose(), dek.expose());
+
+    let again = provider.wrap(&dek).expect("second wrap");
+    assert_ne!(
+        again.wrapped_key, protector.wrapped_key,
+        "wrapping is randomized"
+    );
+    let unwrapped = provider
+        .unwrap(&again)
+        .expect("recognised")
+        .expect("unwrap");
+    assert_eq!(unwrapped.expose(), dek.expose());
+    assert_eq!(
+        wrap_checked(provider, &dek).expect("wrap_checked").key,
+        description
+    );
+
+    let other_kind = if kind == KeyKind::Mmk {
+        KeyKind::Pem
+    } else {
+        KeyKind::Mmk
+    };
+    let foreign = with_key(&protector, |key| key.kind = other_kind);
+    assert!(
+        provider.unwrap(&foreign).is_none(),
+        "claimed another kind's protector"
+    );
+    let other_key = with_key(&protector, |key| {
+        key.key_id.push_str("-other");
+        key.key_version.push_str("-other");
+    });
+    match provider.unwrap(&other_key) {
+        None | Some(Err(KeyError::WrongKey { .. })) => {}
+        Some(Ok(_)) => panic!("unwrapped a protector of another key"),
+        Some(Err(e)) => panic!("another key's protector: expected None or WrongKey, got {e}"),
+    }
+
+    let damaged = [
+        ("a flipped byte", b64(&flip_last_byte(&wrapped))),
+        ("a truncated key", b64(&wrapped[..wrapped.len() / 2])),
+        ("no base64", "not base64!".to_string()),
+    ];
+    for (what, wrapped_key) in damaged {
+        let protector = Protector {
+            wrapped_key,
+            ..protector.clone()
+        };
+        match provider.unwrap(&protector) {
+            Some(Err(e @ KeyError::UnwrapFailed { .. })) => {
+                for secret in &secret_texts {
+                    assert!(!e.to_string().contains(secret.as_str()), "{what}: {e}");
+                }
+            }
+            Some(Err(e)) => panic!("{what}: expected UnwrapFailed, got {e:?}"),
+            Some(Ok(_)) => panic!("{what}: unwrapped a damaged key"),
+            None => panic!("{what}: did not recognise its own protector"),
+        }
+    }
+}
+
+fn with_key(protector: &Protector, change: impl FnOnce(&mut KeyDescription)) -> Protector {
+    let mut changed = protector.clone();
+    change(&mut changed.key);
+    changed
+}
+
+fn flip_last_byte(bytes: &[u8]) -> Vec<u8> {
+    let mut flipped = bytes.to_vec();
+    *flipped.last_mut().expect("not empty") ^= 0x01;
+    flipped
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+// --- fixtures ---------------------------------------------------------------------------
+
+/// SoftHSM reads SOFTHSM2_CONF when initialized, in this process and in the xtsfs it
+/// starts (which inherit the variable), so one configuration and token directory serves
+/// the whole test binary and each test makes its own token in it.
+fn softhsm_conf() -> &'static Path {
+    static CONF: OnceLock<PathBuf> = OnceLock::new();
+    CONF.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cmk_providers-softhsm");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("tokens")).expect("create token dir");
+        let conf = dir.join("softhsm2.conf");
+        let text = format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            dir.join("tokens").display()
+        );
+        fs::write(&conf, text).expect("write softhsm2.conf");
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        conf
+    })
+}
+
+/// Tests that use PKCS#11 in this process take turns: SoftHSM lists its tokens when it is
+/// initialized, so a token made while another test holds the module initialized would not
+/// be seen.
+fn in_process_hsm() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A SoftHSM token of its own for one test, deleted at the end.
+struct Token {
+    label: String,
+    pin_file: PathBuf,
+}
+
+impl Token {
+    fn new(env: &TestEnv, label: &str) -> Self {
+        softhsm_conf();
+        run(
+            "softhsm2-util",
+            &[
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--pin",
+                USER_PIN,
+                "--so-pin",
+                SO_PIN,
+            ],
+        );
+        let pin_file = env.path(&format!("{label}.pin"));
+        fs::write(&pin_file, format!("{USER_PIN}\n")).expect("write PIN file");
+        set_mode(&pin_file, 0o600);
+        Token {
+            label: label.into(),
+            pin_file,
+        }
+    }
+
+    fn tool(&self, args: &[&str]) -> String {
+        let mut all = vec![
+            "--module",
+            SOFTHSM_MODULE,
+            "--token-label",
+            &self.label,
+            "--login",
+            "--pin",
+            USER_PIN,
+        ];
+        all.extend_from_slice(args);
+        run("pkcs11-tool", &all)
+    }
+
+    /// `key_type` as pkcs11-tool takes it: rsa:2048, EC:prime256v1.
+    fn keypair(&self, object: &str, id: &str, key_type: &str) {
+        self.tool(&[
+            "--keypairgen",
+            "--key-type",
+            key_type,
+            "--label",
+            object,
+            "--id",
+            id,
+        ]);
+    }
+
+    /// An RSA-2048 key pair whose private key may sign but not decrypt or unwrap, which
+    /// pkcs11-tool cannot make (SoftHSM defaults CKA_DECRYPT to true).
+    fn keypair_without_decrypt(&self, object: &str, id: u8) {
+        let _turn = in_process_hsm();
+        let pkcs11 = Pkcs11::new(SOFTHSM_MODULE).expect("load SoftHSM");
+        pkcs11
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .expect("C_Initialize");
+        let slot = pkcs11
+            .get_slots_with_token()
+            .expect("slots")
+            .into_iter()
+            .find(|slot| {
+                pkcs11
+                    .get_token_info(*slot)
+                    .is_ok_and(|t| t.label() == self.label)
+            })
+            .expect("the test token");
+        {
+            let session = pkcs11.open_rw_session(slot).expect("session");
+            session
+                .login(UserType::User, Some(&AuthPin::from(USER_PIN.to_string())))
+                .expect("login");
+            let (label, id) = (Attribute::Label(object.into()), Attribute::Id(vec![id]));
+            session
+                .generate_key_pair(
+                    &Mechanism::RsaPkcsKeyPairGen,
+                    &[
+                        Attribute::Token(true),
+                        Attribute::ModulusBits(2048.into()),
+                        Attribute::PublicExponent(vec![1, 0, 1]),
+                        Attribute::Encrypt(true),
+                        Attribute::Verify(true),
+                        label.clone(),
+                        id.clone(),
+                    ],
+                    &[
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Attribute::Sensitive(true),
+                        Attribute::Sign(true),
+                        Attribute::Decrypt(false),
+                        Attribute::Unwrap(false),
+                        label,
+                        id,
+                    ],
+                )
+                .expect("generate key pair");
+        }
+        pkcs11.finalize().expect("C_Finalize");
+    }
+
+    /// The key reference for `object`, with `path_extra` (e.g. `;id=%01`) after it.
+    fn uri(&self, object: &str, path_extra: &str) -> String {
+        format!(
+            "pkcs11:token={};object={object}{path_extra}?module-path={SOFTHSM_MODULE}&pin-source=file:{}",
+            self.label,
+            self.pin_file.display()
+        )
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        let _ = Command::new("softhsm2-util")
+            .args(["--delete-token", "--token", &self.label])
+            .output();
+    }
+}
+
+/// A KMS command for one test: a wrapper script that runs tests/support/openssl-kms.sh on
+/// a key directory of its own.
+struct Kms {
+    dir: PathBuf,
+    program: PathBuf,
+}
+
+impl Kms {
+    fn new(env: &TestEnv, name: &str) -> Self {
+        let dir = env.path(&format!("{name}-keys"));
+        fs::create_dir(&dir).expect("create KMS key dir");
+        set_mode(&dir, 0o700);
+        let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/openssl-kms.sh");
+        let program = env.path(&format!("{name}.sh"));
+        let script = format!(
+            "#!/bin/sh\nexec bash '{}' '{}'\n",
+            support.display(),
+            dir.display()
+        );
+        fs::write(&program, script).expect("write KMS wrapper");
+        set_mode(&program, 0o755);
+        Kms { dir, program }
+    }
+
+    fn add_version(&self, env: &TestEnv, version: u32) {
+        let dir = self.dir.strip_prefix(env.root()).expect("in the test dir");
+        env.rsa_key(path_str(&dir.join(format!("v{version}.pem"))), 2048);
+    }
+
+    /// Sets one of the script's behaviour files (deny, unavailable, reply, ...).
+    fn set(&self, file: &str, contents: &str) {
+        fs::write(self.dir.join(file), contents).expect("write KMS control file");
+    }
+
+    fn unset(&self, file: &str) {
+        fs::remove_file(self.dir.join(file)).expect("remove KMS control file");
+    }
+
+    fn key(&self) -> String {
+        format!("command:{}", self.program.display())
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+fn status_json(env: &TestEnv, backing: &Path) -> Value {
+    let output = env.xtsfs(&["status", "--json", path_str(backing)]);
+    assert_exit(&output, 0);
+    serde_json::from_str(&stdout(&output)).expect("status prints JSON")
+}
+
+/// `xtsfs ARGS` with extra environment variables.
+fn xtsfs_with_env(env: &TestEnv, vars: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtsfs"))
+        .args(args)
+        .env("XTSFS_PLATFORM_KEY_DIR", env.platform_key_dir())
+        .envs(vars.iter().copied())
+        .env_remove("RUST_LOG")
+        .current_dir(env.root())
+        .output()
+        .expect("run xtsfs")
+}
+
+#[track_caller]
+fn assert_stderr_contains(output: &Output, expected: &str) {
+    let err = stderr(output);
+    assert!(err.contains(expected), "expected '{expected}' in:\n{err}");
+}
+
+// --- key references ---------------------------------------------------------------------
+
+#[test]
+fn new_key_references_round_trip_and_bad_ones_are_explained() {
+    for text in [
+        "command:/usr/local/bin/azure-kms",
+        "command:/usr/local/bin/azure-kms#0123abcd",
+        "pkcs11:token=T;object=kek;id=%01?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/xtsfs/pin",
+    ] {
+        let key = KeyRef::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(key.to_string(), text);
+    }
+    assert_eq!(
+        KeyRef::parse("command:/kms#v2").unwrap(),
+        KeyRef::Command {
+            program: "/kms".into(),
+            version: Some("v2".into())
+        }
+    );
+    for (text, expected) in [
+        ("command:", "command:PROGRAM"),
+        ("command:/kms#", "command:PROGRAM#VERSION"),
+        ("pkcs11:token=T;object=kek", "module-path"),
+    ] {
+        let error = KeyRef::parse(text).expect_err(text);
+        assert!(
+            matches!(error, KeyError::InvalidRef(_)),
+            "{text}: {error:?}"
+        );
+        assert!(error.to_string().contains(expected), "{text}: {error}");
+    }
+}
+
+// --- PKCS#11 ----------------------------------------------------------------------------
+
+#[test]
+fn pkcs11_provider_meets_the_contract() {
+    let env = TestEnv::new();
+    let token = Token::new(&env, "contract");
+    token.keypair("kek", "01", "rsa:2048");
+    let _turn = in_process_hsm();
+    let provider = KeyRef::parse(&token.uri("kek", ""))
+        .unwrap()
+        .open(&env.key_context())
+        .expect("open the token");
+    run_provider_contract(provider.as_ref(), KeyKind::Pkcs11);
+    let description = provider.describe().unwrap();
+    assert_eq!(description.key_id, "contract/kek");
+    assert_eq!(description.key_version, "01");
+}
+
+#[test]
+fn pkcs11_init_status_and_rewrap_through_the_cli() {
+    let env = TestEnv::new();
+    let token = Token::new(&env, "cli");
+    token.keypair("kek", "01", "rsa:2048");
+    let uri = token.uri("kek", "");
+    let backing = env.backing();
+
+    let output = env.xtsfs(&["init", path_str(&backing), "--key", &uri]);
+    assert_exit(&output, 0);
+    let status = status_json(&env, &backing);
+    let protector = &status["protector"];
+    assert_eq!(protector["kind"], "pkcs11");
+    assert_eq!(protector["key_id"], "cli/kek");
+    assert_eq!(protector["key_version"], "01");
+    assert_eq!(protector["key_ref"], uri.as_str());
+    assert_eq!(status["key_reachable"], true);
+    // SoftHSM 2.6 does OAEP with SHA-1 only; a token that does SHA-256 records RSA-OAEP-256.
+    assert!(matches!(
+        protector["algorithm"].as_str(),
+        Some("RSA-OAEP" | "RSA-OAEP-256")
+    ));
+
+    assert_exit(
+        &env.xtsfs(&["rewrap", path_str(&backing), "--key", "mmk"]),
+        0,
+    );
+    assert_eq!(status_json(&env, &backing)["protector"]["kind"], "mmk");
+    assert_exit(
+        &env.xtsfs(&["rewrap", path_str(&backing), "--key", &uri]),
+        0,
+    );
+    let status = status_json(&env, &backing);
+    assert_eq!(status["protector"]["kind"], "pkcs11");
+    assert_eq!(status["key_reachable"], true);
+    assert_exit(
+        &env.xtsfs(&["rewrap", path_str(&backing), "--key", "mmk:other"]),
+        0,
+    );
+    assert_eq!(status_json(&env, &backing)["protector"]["key_id"], "other");
+}
+
+#[test]
+fn pkcs11_pin_value_is_used_but_never_stored() {
+    let env = TestEnv::new();
+    let token = Token::new(&env, "pin-in-uri");
+    token.keypair("kek", "01", "rsa:2048");
+    let with_pin = format!(
+        "pkcs11:token={};object=kek?pin-value={USER_PIN}&module-path={SOFTHSM_MODULE}",
+        token.label
+    );
+    let backing = env.backing();
+    assert_exit(
+        &env.xtsfs(&["init", path_str(&backing), "--key", &with_pin]),
+        0,
+    );
+    let header = fs::read(backing.join("xtsfs.header")).expect("read header");
+    assert!(
+        !header.windows(9).any(|w| w == b"pin-value"),
+        "the header holds the PIN"
+    );
+
+    // The recorded reference has no PIN, so the key needs it again.
+    let output = env.xtsfs(&["status", path_str(&backing)]);
+    assert_error(&output, 3);
+    assert_stderr_contains(&output, "requires a PIN");
+    assert_exit(
+        &env.xtsfs(&["status", path_str(&backing), "--key", &with_pin]),
+        0,
+    );
+}
+
+#[test]
+fn pkcs11_ec_key_is_refused() {
+    let env = TestEnv::new();
+    let token = Token::new(&env, "ec");
+    token.keypair("eckey", "01", "EC:prime256v1");
+    let backing = env.backing();
+    let output = env.xtsfs(&["init", path_str(&backing), "--key", &token.uri("eckey", "")]);
+    assert_error(&output, 3);
+    assert_stderr_contains(
+        &output,
+        "only RSA keys of 2048, 3072 or 4096 bits are supported",
+    );
+    assert_stderr_contains(&output, "is an EC key");
+    assert!(!backing.exists(), "init wrote something");
+}
+
+#[test]
+fn pkcs11_key_that_may_not_decrypt_is_refused_before_anything_is_written() {
+    let env = TestEnv::new();
+    let token = Token::new(&env, "no-decrypt");
+    token.keypair_without_decrypt("signer", 0x01);
+    let backing = env.backing();
+    let output = env.xtsfs(&[
+        "init",
+        path_str(&backing),
+        "--key",
+        &token.uri("signer", ""),
+    ]);
+    assert_error(&output, 3);
+    assert_stderr_contains(&output, "the private key does not allow CKA_DECRYPT");
+    assert!(!backing.exists(), "init wrote something");
+
+    // Rewrapping onto it leaves the header as it was.
+    assert_exit(&env.xtsfs(&["init", path_str(&backing)]), 0);
+    let before = fs::read(backing.join("xtsfs.header")).unwrap();
+    let output = env.xtsfs(&[
+        "rewrap",
+        path_str(&backing),
+        "--key",
+        &token.uri("signer", ""),
+    ]);
+    assert_exit(&output, 3);
+    assert_stderr_contains(&output, "the private key does not allow CKA_DECRYPT");
+    assert_eq!(fs::read(backing.join("xtsfs.header")).unwrap(), before);
+}
+
+#[test]
+fn pkcs11_follows_the_newest_id_and_old_versions_still_unwrap() {
+    let env = TestEnv::new();
+    let token = Token::new(&env, "versions");
+    token.keypair("kek", "01", "rsa:2048");
+    let uri = token.uri("kek", "");
+    let backing = env.backing();
+    assert_exit(&env.xtsfs(&["init", path_str(&backing), "--key", &uri]), 0);
+
+    token.keypair("kek", "02", "rsa:2048");
+    {
+        let _turn = in_process_hsm();
+        let provider = KeyRef::parse(&uri)
+            .unwrap()
+            .open(&env.key_context())
+            .unwrap();
+        assert_eq!(provider.describe().unwrap().key_version, "02");
+        let pinned = KeyRef::parse(&token.uri("kek", ";id=%01")).unwrap();
+        let pinned = pinned.open(&env.key_context()).unwrap();
+        assert_eq!(pinned.describe().unwrap().key_version, "01");
+    }
+    // The volume wrapped under 01 still opens, through the reference it recorded.
+    let status = status_json(&env, &backing);
+    assert_eq!(status["protector"]["key_version"], "01");
+    assert_eq!(status["key_reachable"], true);
+
+    assert_exit(
+        &env.xtsfs(&["rewrap", path_str(&backing), "--key", &uri]),
+        0,
+    );
+    assert_eq!(
+        status_json(&env, &backing)["protector"]["key_version"],
+        "02"
+    );
+
+    // A larger id is newer even when it is longer: 0100 > 02.
+    token.keypair("kek", "0100", "rsa:2048");
+    assert_exit(
+        &env.xtsfs(&["rewrap", path_str(&backing), "--key", &uri]),
+        0,
+    );
+    assert_eq!(
+        status_json(&env, &backing)["protector"]["key_version"],
+        "0100"
+    );
+}
+
+#[test]
+fn pkcs11_deleted_key_fails_unwrap_clearly() {
+    let env = TestEnv::new();
+    let token = Token::new(&env, "deleted");
+    token.keypair("kek", "01", "rsa:2048");
+    let backing = env.backing();
+    assert_exit(
+        &env.xtsfs(&["init", path_str(&backing), "--key", &token.uri("kek", "")]),
+        0,
+    );
+
+    token.tool(&["--delete-object", "--type", "privkey", "--id", "01"]);
+    let output = env.xtsfs(&["status", path_str(&backing)]);
+    assert_error(&output, 3);
+    assert_stderr_contains(
+        &output,
+        "the private key 'kek' id 01 on PKCS#11 token 'deleted' is not on the token",
+    );
+    let output = env.xtsfs(&["status", "--json", path_str(&backing)]);
+    let status: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(status["key_reachable"], false);
+}
+
+#[test]
+fn pkcs11_missing_token_and_wrong_pin_are_reported() {
+    let env = TestEnv::new();
+    let token = Token::new(&env, "reports");
+    token.keypair("kek", "01", "rsa:2048");
+    let backing = env.backing();
+
+    let absent = token
+        .uri("kek", "")
+        .replace("token=reports", "token=absent");
+    let output = env.xtsfs(&["init", path_str(&backing), "--key", &absent]);
+    assert_error(&output, 3);
+    assert_stderr_contains(&output, "PKCS#11 token 'absent' is unavailable");
+    assert_stderr_contains(&output, "'reports'");
+
+    let wrong_pin =
+        format!("pkcs11:token=reports;object=kek?module-path={SOFTHSM_MODULE}&pin-value=9999");
+    let output = env.xtsfs(&["init", path_str(&backing), "--key", &wrong_pin]);
+    assert_error(&output, 3);
+    assert_stderr_contains(&output, "access to PKCS#11 token 'reports' was denied");
+    assert_stderr_contains(&output, "CKR_PIN_INCORRECT");
+
+    let output = env.xtsfs(&[
+        "init",
+        path_str(&backing),
+        "--key",
+        &token.uri("nothing", ""),
+    ]);
+    assert_error(&output, 3);
+    assert_stderr_contains(&output, "has no public key labelled 'nothing'");
+
+    let output = env.xtsfs(&[
+        "init",
+        path_str(&backing),
+        "--key",
+        "pkcs11:token=reports;object=kek;id=%zz?module-path=/m.so",
+    ]);
+    assert_error(&output, 2);
+    assert_stderr_contains(&output, "two hex digits");
+    assert!(!backing.exists());
+}
+
+// --- KMS commands -----------------------------------------------------------------------
+
+#[test]
+fn command_provider_meets_the_contract() {
+    let env = TestEnv::new();
+    let kms = Kms::new(&env, "contract");
+    kms.add_version(&env, 1);
+    let provider = KeyRef::parse(&kms.key())
+        .unwrap()
+        .open(&env.key_context())
+        .expect("open the KMS command");
+    run_provider_contract(provider.as_ref(), KeyKind::Command);
+    let description = provider.describe().unwrap();
+    assert_eq!(
+        (
+            description.key_id.as_str(),
+            description.key_version.as_str(),
+            description.algorithm.as_str()
+        ),
+        ("openssl-kms", "v1", "RSA-OAEP-256")
+    );
+}
+
+#[test]
+fn command_init_status_and_rewrap_through_the_cli() {
+    let env = TestEnv::new();
+    let kms = Kms::new(&env, "cli");
+    kms.add_version(&env, 1);
+    let backing = env.backing();
+
+    assert_exit(
+        &env.xtsfs(&["init", path_str(&backing), "--key", &kms.key()]),
+        0,
+    );
+    let status = status_json(&env, &backing);
+    let protector = &status["protector"];
+    assert_eq!(protector["kind"], "command");
+    assert_eq!(protector["key_id"], "openssl-kms");
+    assert_eq!(protector["key_version"], "v1");
+    assert_eq!(protector["algorithm"], "RSA-OAEP-256");
+    assert_eq!(protector["key_ref"], kms.key().as_str());
+    assert_eq!(status["key_reachable"], true);
+
+    assert_exit(
+        &env.xtsfs(&["rewrap", path_str(&backing), "--key", "mmk"]),
+        0,
+    );
+    assert_eq!(status_json(&env, &backing)["protector"]["kind"], "mmk");
+    assert_exit(
+        &env.xtsfs(&["rewrap", path_str(&backing), "--key", &kms.key()]),
+        0,
+    );
+    let status = status_json(&env, &backing);
+    assert_eq!(status["protector"]["kind"], "command");
+    assert_eq!(status["key_reachable"], true);
+}
+
+#[test]
+fn command_follows_the_newest_version_unless_pinned() {
+    let env = TestEnv::new();
+    let kms = Kms::new(&env, "versions");
+    kms.add_version(&env, 1);
+    let backing = env.backing();
+    assert_exit(
+        &env.xtsfs(&["init", path_str(&backing), "--key", &kms.key()]),
+        0,
+    );
+
+    kms.add_version(&env, 2);
+    let status = status_json(&env, &backing);
+    assert_eq!(status["protector"]["key_version"], "v1");
+    assert_eq!(
+        status["key_reachable"], true,
+        "the old version still unwraps"
+    );
+    assert_exit(
+        &env.xtsfs(&["rewrap", path_str(&backing), "--key", &kms.key()]),
+        0,
+    );
+    assert_eq!(
+        status_json(&env, &backing)["protector"]["key_version"],
+        "v2"
+    );
+
+    let pinned = format!("{}#v1", kms.key());
+    let pinned_backing = env.path("pinned");
+    assert_exit(
+        &env.xtsfs(&["init", path_str(&pinned_backing), "--key", &pinned]),
+        0,
+    );
+    let status = status_json(&env, &pinned_backing);
+    assert_eq!(status["protector"]["key_version"], "v1");
+    assert_eq!(status["protector"]["key_ref"], pinned.as_str());
+
+    let output = env.xtsfs(&[
+        "init",
+        path_str(&env.path("missing")),
+        "--key",
+        &format!("{}#v9", kms.key()),
+    ]);
+    assert_error(&output, 3);
+    assert_stderr_contains(&output, "no key version 'v9'");
+
+    // A version the KMS no longer has fails clearly; the others still open.
+    fs::remove_file(kms.dir.join("v1.pem")).expect("remove v1");
+    let output = env.xtsfs(&["status", path_str(&pinned_backing)]);
+    assert_error(&output, 3);
+    assert_stderr_contains(&output, "no key version 'v1'");
+    assert_exit(&env.xtsfs(&["status", path_str(&backing)]), 0);
+}
+
+#[test]
+fn command_denied_and_unavailable_are_key_errors() {
+    let env = TestEnv::new();
+    let kms = Kms::new(&env, "refusals");
+    kms.add_version(&env, 1);
+    let backing = env.backing();
+    assert_exit(
+        &env.xtsfs(&["init", path_str(&backing), "--key", &kms.key()]),
+        0,
+    );
+
+    kms.set("deny", "");
+    let output = env.xtsfs(&["status", path_str(&backing)]);
+    assert_error(&output, 3);
+    assert_stderr_contains(&output, "was denied: the test KMS denies this host");
+    let output = env.xtsfs(&["init", path_str(&env.path("new")), "--key", &kms.key()]);
+    assert_error(&output, 3);
+    assert_stderr_contains(&output, "was denied");
+    assert!(!env.path("new").exists());
+    kms.unset("deny");
+
+    kms.set("unavailable", "");
+    let output = env.xtsfs(&["status", path_str(&backing)]);
+    assert_error(&output, 3);
+    assert_stderr_contains(&output, "is unavailable: the test KMS is down");
+    kms.unset("unavailable");
+    assert_exit(&env.xtsfs(&["status", path_str(&backing)]), 0);
+
+    // The same refusals through the library, as the variants callers match on.
+    let provider = KeyRef::parse(&kms.key())
+        .unwrap()
+        .open(&env.key_context())
+        .unwrap();
+    kms.set("deny", "");
+    assert!(matches!(provider.describe(), Err(KeyError::Denied { .. })));
+    kms.unset("deny");
+    kms.set("unavailable", "");
+    assert!(matches!(
+        provider.describe(),
+        Err(KeyError::Unavailable { .. })
+    ));
+}
+
+#[test]
+fn command_protocol_violations_are_explained() {
+    let env = TestEnv::new();
+    let kms = Kms::new(&env, "violations");
+    kms.add_version(&env, 1);
+    let init = |name: &str| env.xtsfs(&["init", path_str(&env.path(name)), "--key", &kms.key()]);
+
+    kms.set("reply", "this is not JSON\n");
+    let output = init("malformed");
+    assert_error(&output, 3);
+    assert_stderr_contains(
+        &output,
+        "broke the protocol: the reply is not one JSON object",
+    );
+
+    kms.set("reply", r#"{"xtsfs_kms":2,"ok":true,"key_id":"k"}"#);
+    let output = init("version");
+    assert_error(&output, 3);
+    assert_stderr_contains(
+        &output,
+        "it speaks protocol version 2; this xtsfs speaks version 1",
+    );
+
+    kms.set(
+        "reply",
+        r#"{"xtsfs_kms":1,"ok":true,"key_version":"v1","algorithm":"RSA-OAEP-256"}"#,
+    );
+    let output = init("no-id");
+    assert_error(&output, 3);
+    assert_stderr_contains(&output, "the reply has no \"key_id\"");
+    kms.unset("reply");
+
+    kms.set("exit", "7");
+    let output = init("crashed");
+    assert_error(&output, 3);
+    assert_stderr_contains(
+        &output,
+        "exited with exit status: 7 and no reply; it said: openssl-kms: told to fail",
+    );
+    kms.unset("exit");
+
+    set_mode(&kms.program, 0o775);
+    let output = init("writable");
+    assert_error(&output, 3);
+    assert_stderr_contains(&output, "are too open");
+    set_mode(&kms.program, 0o755);
+
+    for name in ["malformed", "version", "no-id", "crashed", "writable"] {
+        assert!(!env.path(name).exists(), "{name}: init wrote something");
+    }
+}
+
+#[test]
+fn command_that_hangs_is_killed_at_the_time_limit() {
+    let env = TestEnv::new();
+    let kms = Kms::new(&env, "hang");
+    kms.add_version(&env, 1);
+    kms.set("sleep", "60");
+    let started = Instant::now();
+    let output = xtsfs_with_env(
+        &env,
+        &[("XTSFS_KMS_TIMEOUT", "1")],
+        &["init", path_str(&env.backing()), "--key", &kms.key()],
+    );
+    assert_error(&output, 3);
+    assert_stderr_contains(&output, "did not finish within 1s and was killed");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    let pid = fs::read_to_string(kms.dir.join("pid")).expect("the script wrote its pid");
+    let running = || {
+        fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+            // The state follows the command name, which is in parentheses; Z is a zombie.
+            .is_ok_and(|stat| {
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!running(), "the KMS command outlived its time limit");
+
+    let output = xtsfs_with_env(
+        &env,
+        &[("XTSFS_KMS_TIMEOUT", "soon")],
+        &["init", path_str(&env.backing()), "--key", &kms.key()],
+    );
+    assert_error(&output, 3);
+    assert_stderr_contains(&output, "XTSFS_KMS_TIMEOUT='soon' is not a time limit");
+}
