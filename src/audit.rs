@@ -89,10 +89,9 @@ impl Audit {
             detail,
         };
         let line = serde_json::to_string(&record).expect("audit record serializes");
-        match error {
-            None => tracing::info!(target: "xtsfs::audit", "{line}"),
-            Some(_) => tracing::warn!(target: "xtsfs::audit", "{line}"),
-        }
+        // Info, not warn: a failing command already reports its error, and the daemon logs
+        // lock and alert transitions at error level itself.
+        tracing::info!(target: "xtsfs::audit", "{line}");
         if let Some(file) = &self.file {
             let mut file = file
                 .lock()

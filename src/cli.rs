@@ -32,6 +32,17 @@ pub struct Opts {
     #[arg(long, global = true, env = "XTSFS_PLATFORM_KEY_DIR", default_value = KeyContext::DEFAULT_PLATFORM_KEY_DIR)]
     platform_key_dir: PathBuf,
 
+    /// Another directory whose KMS programs and PKCS#11 modules a volume header may
+    /// name (repeatable; the defaults are /etc/xtsfs/kms, /usr/lib/xtsfs/kms,
+    /// /usr/local/lib/xtsfs/kms and the standard PKCS#11 module directories).
+    #[arg(
+        long,
+        global = true,
+        env = "XTSFS_TRUSTED_KEY_DIRS",
+        value_delimiter = ':'
+    )]
+    trusted_key_dir: Vec<PathBuf>,
+
     /// Append key events (JSON lines) to this file.
     #[arg(long, global = true, env = "XTSFS_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
@@ -154,9 +165,7 @@ enum PlatformKeyCmd {
 impl Opts {
     pub fn into_config(self) -> Result<Config, Error> {
         let settings = Settings {
-            keys: KeyContext {
-                platform_key_dir: self.platform_key_dir,
-            },
+            keys: KeyContext::new(self.platform_key_dir, &self.trusted_key_dir),
             audit_log: self.audit_log,
             run_dir: self.run_dir,
         };

@@ -922,3 +922,41 @@ fn command_that_hangs_is_killed_at_the_time_limit() {
     assert_error(&output, 3);
     assert_stderr_contains(&output, "XTSFS_KMS_TIMEOUT='soon' is not a time limit");
 }
+
+#[test]
+fn a_header_may_only_name_kms_programs_in_trusted_directories() {
+    let env = TestEnv::new();
+    let kms = Kms::new(&env, "trust");
+    kms.add_version(&env, 1);
+    // A program that leaves a mark each time it runs, then acts as the KMS.
+    let marker = env.path("ran");
+    let program = env.path("marking-kms.sh");
+    let script = format!(
+        "#!/bin/sh\ntouch '{}'\nexec '{}'\n",
+        marker.display(),
+        kms.program.display()
+    );
+    fs::write(&program, script).expect("write marking KMS");
+    set_mode(&program, 0o755);
+    let key = format!("command:{}", program.display());
+    let backing = env.backing();
+    assert_exit(&env.xtsfs(&["init", path_str(&backing), "--key", &key]), 0);
+    fs::remove_file(&marker).expect("init ran the program");
+
+    let untrusted = [("XTSFS_TRUSTED_KEY_DIRS", "/nonexistent")];
+    let refused = xtsfs_with_env(&env, &untrusted, &["status", path_str(&backing)]);
+    assert_exit(&refused, 3);
+    assert_stderr_contains(&refused, "not in a trusted key directory");
+    assert!(
+        !marker.exists(),
+        "a header alone must not make xtsfs run a program"
+    );
+
+    let explicit = xtsfs_with_env(
+        &env,
+        &untrusted,
+        &["status", path_str(&backing), "--key", &key],
+    );
+    assert_exit(&explicit, 0);
+    assert!(marker.exists(), "an explicit --key is the user's choice");
+}

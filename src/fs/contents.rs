@@ -5,14 +5,16 @@
 //! length depends on the file length: when a file grows past a partial last unit, that
 //! unit is re-encrypted at its new length. A unit whose ciphertext is all zeros is a
 //! hole and reads as zeros, which is what ftruncate, fallocate and hole punching leave
-//! in the backing file.
+//! in the backing file. A last unit shorter than an AES block is the exception: its
+//! ciphertext is all zeros for 1 in 256^n unit indices, so it is always decrypted, and
+//! growing or zeroing never leaves one as a hole.
 
 use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
-use crate::crypto::xts::Xts256;
+use crate::crypto::xts::{Xts256, BLOCK};
 use crate::crypto::DATA_UNIT;
 use crate::volume::file_header::FILE_HEADER_LEN;
 
@@ -50,11 +52,13 @@ impl Contents<'_> {
         }
         let end = offset
             .checked_add(data.len() as u64)
+            .filter(|end| fits(*end))
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
         let new_len = len.max(end);
         let first = offset / UNIT;
         // A partial last unit before the written range grows to its new length.
-        if new_len > len && len % UNIT != 0 && len / UNIT < first {
+        let grows_tail = new_len > len && len % UNIT != 0 && len / UNIT < first;
+        if grows_tail {
             self.reencrypt_unit(len / UNIT, len, new_len, None)?;
         }
         let last = (end - 1) / UNIT;
@@ -72,7 +76,11 @@ impl Contents<'_> {
         let at = (offset - run.start) as usize;
         buf[at..at + data.len()].copy_from_slice(data);
         self.encrypt_run(first, &mut buf)?;
-        self.file.write_all_at(&buf, HEADER + run.start)
+        let written = self.file.write_all_at(&buf, HEADER + run.start);
+        if written.is_err() && grows_tail {
+            self.restore_len(len);
+        }
+        written
     }
 
     /// Changes the plaintext length from `len` to `new_len`.
@@ -81,10 +89,14 @@ impl Contents<'_> {
             return Ok(());
         }
         if new_len > len {
-            if len % UNIT != 0 {
-                self.reencrypt_unit(len / UNIT, len, new_len, None)?;
+            if !fits(new_len) {
+                return Err(io::Error::from_raw_os_error(libc::EFBIG));
             }
-            return self.file.set_len(HEADER + new_len);
+            let grown = self.grow(len, new_len);
+            if grown.is_err() {
+                self.restore_len(len);
+            }
+            return grown;
         }
         // Shrinking: a new partial last unit is re-encrypted at its shorter length.
         let tail = (new_len % UNIT != 0)
@@ -102,6 +114,35 @@ impl Contents<'_> {
         Ok(())
     }
 
+    fn grow(&self, len: u64, new_len: u64) -> io::Result<()> {
+        if len % UNIT != 0 {
+            self.reencrypt_unit(len / UNIT, len, new_len, None)?;
+        }
+        // A new last unit too short to be a hole is written as encrypted zeros.
+        let last = new_len / UNIT;
+        if (1..BLOCK as u64).contains(&(new_len % UNIT)) && len <= last * UNIT {
+            self.reencrypt_unit(last, len, new_len, None)?;
+        }
+        self.file.set_len(HEADER + new_len)
+    }
+
+    /// After growing failed (a backing limit, no space), puts the file back to plaintext
+    /// length `len`, its last unit re-encrypted at that length again: a failed call leaves
+    /// the file as it was.
+    fn restore_len(&self, len: u64) {
+        let restored = self.file.metadata().and_then(|meta| {
+            let now = meta.len().saturating_sub(HEADER);
+            if now > len {
+                self.resize(now, len)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = restored {
+            tracing::error!("could not undo a failed extension to {len} bytes: {e}");
+        }
+    }
+
     /// Makes `range` (clamped to the file) read as zeros without changing the length:
     /// whole units become backing holes, partly covered units are rewritten.
     pub fn zero(&self, range: Range<u64>, len: u64) -> io::Result<()> {
@@ -110,8 +151,8 @@ impl Contents<'_> {
             return Ok(());
         }
         // Units wholly inside the range; the last unit counts as whole when the range runs to
-        // the end of the file, however short that unit is.
-        let whole_end = if range.end == len {
+        // the end of the file, unless it is too short to be a hole.
+        let whole_end = if range.end == len && len % UNIT >= BLOCK as u64 {
             len
         } else {
             range.end / UNIT * UNIT
@@ -174,7 +215,7 @@ impl Contents<'_> {
 
     fn decrypt_run(&self, first: u64, buf: &mut [u8]) -> io::Result<()> {
         for (i, unit) in buf.chunks_mut(DATA_UNIT).enumerate() {
-            if unit.iter().any(|b| *b != 0) {
+            if unit.len() < BLOCK || unit.iter().any(|b| *b != 0) {
                 self.cipher
                     .decrypt_unit(first + i as u64, unit)
                     .map_err(io::Error::other)?;
@@ -191,6 +232,11 @@ impl Contents<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether a plaintext length, with the header before it, is a representable file offset.
+fn fits(len: u64) -> bool {
+    len <= i64::MAX as u64 - HEADER
 }
 
 /// The first and last unit of a run, once each.
@@ -298,7 +344,7 @@ mod tests {
             for start in (0..len).step_by(1361) {
                 let (buf, range) = contents.read(start, 5000, len).unwrap();
                 let end = (start as usize + 5000).min(model.len());
-                prop_assert!(&buf[range] == &model[start as usize..end]);
+                prop_assert!(buf[range] == model[start as usize..end]);
             }
         }
     }

@@ -384,8 +384,9 @@ impl XtsFs {
             }
             return Err(Errno::from(e));
         }
-        // After an exchange both names still exist; otherwise the old name is gone.
-        if flags & libc::RENAME_EXCHANGE == 0 && from != to {
+        // After an exchange both names still exist; otherwise the old name is gone (a
+        // name moved to another directory keeps its backing name, but not its directory).
+        if flags & libc::RENAME_EXCHANGE == 0 && (from != to || from_dir.id != to_dir.id) {
             remove_side_file(from_dir.fd(), &from);
         }
         Ok(())
@@ -657,7 +658,8 @@ fn read_long_name(dir: BorrowedFd<'_>, entry: &OsStr, names: &NameCipher) -> Opt
         crate::crypto::names::LONG_NAME_SIDE_SUFFIX
     ));
     let mut encoded = Vec::new();
-    let result = backing::open_at(dir, &side, libc::O_RDONLY, 0)
+    // O_NONBLOCK: a FIFO planted in place of the side file must not stall the listing.
+    let result = backing::open_at(dir, &side, libc::O_RDONLY | libc::O_NONBLOCK, 0)
         .and_then(|fd| File::from(fd).take(4096).read_to_end(&mut encoded))
         .map_err(|e| e.to_string())
         .and_then(|_| {

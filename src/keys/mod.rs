@@ -9,7 +9,7 @@ mod protector;
 mod secure_file;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::crypto::VolumeKey;
 pub use pkcs11::Pkcs11Uri;
@@ -30,10 +30,61 @@ pub trait KeyProvider: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct KeyContext {
     pub platform_key_dir: PathBuf,
+    /// Directories whose KMS programs and PKCS#11 modules a volume header may name.
+    pub trusted_key_dirs: Vec<PathBuf>,
 }
 
 impl KeyContext {
     pub const DEFAULT_PLATFORM_KEY_DIR: &'static str = "/var/lib/xtsfs/platform-keys";
+    pub const DEFAULT_TRUSTED_KEY_DIRS: [&'static str; 7] = [
+        "/etc/xtsfs/kms",
+        "/usr/lib/xtsfs/kms",
+        "/usr/local/lib/xtsfs/kms",
+        "/usr/lib/softhsm",
+        "/usr/lib/pkcs11",
+        "/usr/lib/x86_64-linux-gnu/pkcs11",
+        "/usr/lib/aarch64-linux-gnu/pkcs11",
+    ];
+
+    /// The default trusted directories plus `extra_trusted`.
+    pub fn new(platform_key_dir: PathBuf, extra_trusted: &[PathBuf]) -> Self {
+        let mut trusted_key_dirs: Vec<PathBuf> = Self::DEFAULT_TRUSTED_KEY_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        trusted_key_dirs.extend_from_slice(extra_trusted);
+        KeyContext {
+            platform_key_dir,
+            trusted_key_dirs,
+        }
+    }
+
+    /// A key reference read from a volume header is not authenticated until the key it
+    /// names has unwrapped the DEK, so it may only run programs or load modules from
+    /// trusted directories: otherwise whoever can write the backing directory could make
+    /// root run any program. A `--key` the user gives is the user's own choice.
+    pub fn check_trusted(&self, key: &KeyRef) -> Result<(), KeyError> {
+        let Some(path) = key.executable() else {
+            return Ok(());
+        };
+        // The directory is resolved, not a final symlink: a link placed inside a trusted
+        // directory was placed by whoever controls that directory.
+        let dir = path
+            .parent()
+            .unwrap_or(path)
+            .canonicalize()
+            .map_err(io_error("cannot resolve", path))?;
+        let trusted = self
+            .trusted_key_dirs
+            .iter()
+            .filter_map(|dir| dir.canonicalize().ok())
+            .any(|trusted| dir.starts_with(trusted));
+        if trusted {
+            Ok(())
+        } else {
+            Err(KeyError::Untrusted(path.into()))
+        }
+    }
 }
 
 /// A key reference as the user writes it: `mmk`, `mmk:ID`, `pem:PATH`, `pkcs11:URI`
@@ -95,6 +146,15 @@ impl KeyRef {
         }
     }
 
+    /// The program or module this reference runs or loads, if any.
+    pub fn executable(&self) -> Option<&Path> {
+        match self {
+            KeyRef::Mmk { .. } | KeyRef::Pem { .. } => None,
+            KeyRef::Pkcs11 { uri } => Some(uri.module_path()),
+            KeyRef::Command { program, .. } => Some(program),
+        }
+    }
+
     /// The provider for this key. Opening checks the reference (store permissions, file
     /// parses as a supported key) but does not yet use the key.
     pub fn open(&self, ctx: &KeyContext) -> Result<Box<dyn KeyProvider>, KeyError> {
@@ -145,6 +205,8 @@ pub fn wrap_checked(provider: &dyn KeyProvider, dek: &VolumeKey) -> Result<Prote
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    #[error("the volume header names '{0}', which is not in a trusted key directory")]
+    Untrusted(PathBuf),
     #[error("'{0}' is not a key reference")]
     InvalidRef(String),
     #[error("{0}")]
@@ -187,6 +249,7 @@ impl KeyError {
     /// What the user can do about it.
     pub fn hint(&self) -> String {
         match self {
+            KeyError::Untrusted(_) => "pass the key explicitly with --key, or add its directory with --trusted-key-dir (XTSFS_TRUSTED_KEY_DIRS)".into(),
             KeyError::InvalidRef(_) => {
                 "use --key mmk, mmk:ID, pem:PATH, 'pkcs11:token=T;object=LABEL?module-path=/PATH/module.so&pin-source=file:/PATH' or command:PROGRAM[#VERSION] (docs/KMS.md)".into()
             }

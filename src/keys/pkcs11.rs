@@ -70,6 +70,11 @@ enum PinSource {
 }
 
 impl Pkcs11Uri {
+    /// The PKCS#11 module this URI loads.
+    pub fn module_path(&self) -> &Path {
+        &self.module_path
+    }
+
     pub const SCHEME: &'static str = "pkcs11:";
 
     pub fn parse(text: &str) -> Result<Self, KeyError> {

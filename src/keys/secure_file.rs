@@ -33,7 +33,8 @@ pub(crate) fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(),
 pub(crate) fn read_private(path: &Path, limit: u64) -> Result<SecretVec, KeyError> {
     let file = File::options()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        // Non-blocking so a FIFO planted where a key should be cannot hang the open.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {

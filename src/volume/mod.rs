@@ -112,6 +112,7 @@ pub fn provider_for(
         Some(key) => key,
         None => {
             recorded = KeyRef::parse(&protector.key.key_ref)?;
+            ctx.check_trusted(&recorded)?;
             &recorded
         }
     };

@@ -45,9 +45,7 @@ impl TestEnv {
     }
 
     pub fn key_context(&self) -> KeyContext {
-        KeyContext {
-            platform_key_dir: self.platform_key_dir(),
-        }
+        KeyContext::new(self.platform_key_dir(), &[self.root().to_path_buf()])
     }
 
     /// Runs the built binary with this environment's platform key store.
@@ -56,6 +54,8 @@ impl TestEnv {
             .args(args)
             .env("XTSFS_PLATFORM_KEY_DIR", self.platform_key_dir())
             .env("XTSFS_RUN_DIR", self.path("run"))
+            // KMS test programs live in this environment's directory.
+            .env("XTSFS_TRUSTED_KEY_DIRS", self.root())
             .env_remove("XTSFS_AUDIT_LOG")
             .env_remove("RUST_LOG")
             .current_dir(self.root())
