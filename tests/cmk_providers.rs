@@ -18,6 +18,7 @@ use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use serde_json::Value;
 
+use common::mount::wait_for_state;
 use common::{assert_error, assert_exit, path_str, set_mode, stderr, stdout, TestEnv};
 use xtsfs::crypto::VolumeKey;
 use xtsfs::keys::{
@@ -959,4 +960,72 @@ fn a_header_may_only_name_kms_programs_in_trusted_directories() {
     );
     assert_exit(&explicit, 0);
     assert!(marker.exists(), "an explicit --key is the user's choice");
+}
+
+/// Mounts `key`'s volume with a fast key check and the lock policy, writes and fsyncs a
+/// file, runs `revoke`, expects EACCES, runs `restore`, and expects the data back.
+fn revoke_while_mounted(env: &TestEnv, key: &str, revoke: impl FnOnce(), restore: impl FnOnce()) {
+    let mut m = env.mounted(&["--key", key]);
+    m.unmount();
+    m.mount(&["--key-check-interval", "100ms", "--on-key-loss", "lock"]);
+    let mut file = fs::File::create(m.path("acknowledged")).unwrap();
+    std::io::Write::write_all(&mut file, b"fsynced before revocation").unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+
+    revoke();
+    wait_for_state(env, &m.mountpoint, "locked");
+    let denied = fs::read(m.path("acknowledged")).unwrap_err();
+    assert_eq!(denied.kind(), std::io::ErrorKind::PermissionDenied);
+
+    restore();
+    wait_for_state(env, &m.mountpoint, "serving");
+    assert_eq!(
+        fs::read(m.path("acknowledged")).unwrap(),
+        b"fsynced before revocation"
+    );
+}
+
+#[test]
+fn command_denial_while_mounted_locks_until_access_returns() {
+    let env = TestEnv::new();
+    let kms = Kms::new(&env, "revoke");
+    kms.add_version(&env, 1);
+    revoke_while_mounted(
+        &env,
+        &kms.key(),
+        || kms.set("deny", ""),
+        || kms.unset("deny"),
+    );
+}
+
+#[test]
+fn pkcs11_key_deleted_while_mounted_locks_until_the_token_is_restored() {
+    let env = TestEnv::new();
+    let token = Token::new(&env, "revoked");
+    token.keypair("kek", "01", "rsa:2048");
+    // The token's own directory, found by its label, backed up the way an HSM is.
+    let tokens = softhsm_conf().parent().unwrap().join("tokens");
+    let token_dir = fs::read_dir(&tokens)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|dir| {
+            fs::read(dir.join("token.object"))
+                .map(|bytes| bytes.windows(7).any(|w| w == b"revoked"))
+                .unwrap_or(false)
+        })
+        .expect("the token's directory");
+    let backup = env.path("token-backup");
+    run("cp", &["-a", path_str(&token_dir), path_str(&backup)]);
+    revoke_while_mounted(
+        &env,
+        &token.uri("kek", ""),
+        || {
+            token.tool(&["--delete-object", "--type", "privkey", "--id", "01"]);
+        },
+        || {
+            fs::remove_dir_all(&token_dir).unwrap();
+            run("cp", &["-a", path_str(&backup), path_str(&token_dir)]);
+        },
+    );
 }

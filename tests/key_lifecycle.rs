@@ -12,34 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::mount::{assert_success, find_plaintext};
+use common::mount::{assert_success, find_plaintext, live_state, wait_for_state};
 use common::{hex, path_str, TestEnv};
-
-fn live_state(env: &TestEnv, mountpoint: &Path) -> serde_json::Value {
-    let output = env.xtsfs(&["status", "--json", path_str(mountpoint)]);
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "status --json: {e}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    report
-}
-
-fn wait_for_state(env: &TestEnv, mountpoint: &Path, state: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let report = live_state(env, mountpoint);
-        if report["live"]["state"] == state {
-            return report;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never reached state {state}: {report}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
 
 fn audit_events(path: &Path) -> Vec<serde_json::Value> {
     fs::read_to_string(path)

@@ -5,6 +5,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use super::{path_str, TestEnv};
 
@@ -85,8 +87,23 @@ impl Mounted<'_> {
         panic!("no backing entry has inode {ino} ({relative})");
     }
 
+    /// Unmounts, retrying for a while if the mount is busy. Test threads share one
+    /// process: a child another thread is spawning holds a copy of every open fd until it
+    /// execs, so a file just closed here can keep the mount busy for a moment.
+    pub fn unmount_settled(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let output = self.unmount();
+            let busy = String::from_utf8_lossy(&output.stderr).contains("busy");
+            if output.status.success() || !busy || Instant::now() > deadline {
+                return assert_success(&output, "unmount");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn remount(&mut self) {
-        assert_success(&self.unmount(), "unmount");
+        self.unmount_settled();
         self.mount(&[]);
     }
 }
@@ -153,4 +170,32 @@ pub fn find_plaintext(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `xtsfs status --json` of a mounted volume (it exits non-zero while the key is gone,
+/// but still reports).
+pub fn live_state(env: &TestEnv, mountpoint: &Path) -> serde_json::Value {
+    let output = env.xtsfs(&["status", "--json", path_str(mountpoint)]);
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status --json: {e}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// Polls until the mount reports `state` (serving, locked, alert).
+pub fn wait_for_state(env: &TestEnv, mountpoint: &Path, state: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let report = live_state(env, mountpoint);
+        if report["live"]["state"] == state {
+            return report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached state {state}: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
 }
