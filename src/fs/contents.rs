@@ -9,6 +9,7 @@
 //! ciphertext is all zeros for 1 in 256^n unit indices, so it is always decrypted, and
 //! growing or zeroing never leaves one as a hole.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::ops::Range;
@@ -30,19 +31,27 @@ pub struct Contents<'a> {
 }
 
 impl Contents<'_> {
-    /// Reads `size` bytes at `offset`. Returns a buffer and the range of it to reply with.
-    pub fn read(&self, offset: u64, size: usize, len: u64) -> io::Result<(Vec<u8>, Range<usize>)> {
+    /// Reads `size` bytes at `offset` into `buf` (reused across calls); returns the range
+    /// of `buf` to reply with.
+    pub fn read(
+        &self,
+        offset: u64,
+        size: usize,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<Range<usize>> {
         if offset >= len || size == 0 {
-            return Ok((Vec::new(), 0..0));
+            return Ok(0..0);
         }
         let end = len.min(offset.saturating_add(size as u64));
         let first = offset / UNIT;
         let run = first * UNIT..len.min(end.div_ceil(UNIT) * UNIT);
-        let mut buf = vec![0u8; (run.end - run.start) as usize];
-        read_full(self.file, &mut buf, HEADER + run.start)?;
-        self.decrypt_run(first, &mut buf)?;
+        // Every byte is overwritten by read_full, so a reused buffer needs no clearing.
+        buf.resize((run.end - run.start) as usize, 0);
+        read_full(self.file, buf, HEADER + run.start)?;
+        self.decrypt_run(first, buf)?;
         let start = (offset - run.start) as usize;
-        Ok((buf, start..start + (end - offset) as usize))
+        Ok(start..start + (end - offset) as usize)
     }
 
     /// Writes `data` at `offset` into a file of plaintext length `len`.
@@ -63,24 +72,26 @@ impl Contents<'_> {
         }
         let last = (end - 1) / UNIT;
         let run = first * UNIT..new_len.min((last + 1) * UNIT);
-        let mut buf = vec![0u8; (run.end - run.start) as usize];
-        // Only the first and last units can be partly covered and need their old bytes.
-        for unit in edge_units(first, last) {
-            let unit_range = unit * UNIT..new_len.min((unit + 1) * UNIT);
-            if offset > unit_range.start || end < unit_range.end {
-                let at = ((unit - first) * UNIT) as usize;
-                let old = self.read_unit(unit, len)?;
-                buf[at..at + old.len()].copy_from_slice(&old);
+        with_run_buffer((run.end - run.start) as usize, |buf| {
+            // A reused buffer holds an earlier request's bytes: anything this write does not
+            // cover (gaps, edges) must start as zeros.
+            if offset != run.start || end != run.end {
+                buf.fill(0);
             }
-        }
-        let at = (offset - run.start) as usize;
-        buf[at..at + data.len()].copy_from_slice(data);
-        self.encrypt_run(first, &mut buf)?;
-        let written = self.file.write_all_at(&buf, HEADER + run.start);
-        if written.is_err() && grows_tail {
-            self.restore_len(len);
-        }
-        written
+            // Only the first and last units can be partly covered and need their old bytes.
+            for unit in edge_units(first, last) {
+                let unit_range = unit * UNIT..new_len.min((unit + 1) * UNIT);
+                if offset > unit_range.start || end < unit_range.end {
+                    let at = ((unit - first) * UNIT) as usize;
+                    let old = self.read_unit(unit, len)?;
+                    buf[at..at + old.len()].copy_from_slice(&old);
+                }
+            }
+            let at = (offset - run.start) as usize;
+            buf[at..at + data.len()].copy_from_slice(data);
+            self.encrypt_run(first, buf)?;
+            self.file.write_all_at(buf, HEADER + run.start)
+        })
     }
 
     /// Changes the plaintext length from `len` to `new_len`.
@@ -239,6 +250,25 @@ fn fits(len: u64) -> bool {
     len <= i64::MAX as u64 - HEADER
 }
 
+thread_local! {
+    /// Each FUSE thread's buffer for a write's run of units, reused so a 1 MiB write does
+    /// not allocate and page-fault in a fresh buffer every time.
+    static RUN_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` over this thread's run buffer, `len` bytes long, with unspecified contents.
+fn with_run_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    RUN_BUFFER.with(|cell| {
+        let mut buf = cell.take();
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let result = f(&mut buf[..len]);
+        cell.replace(buf);
+        result
+    })
+}
+
 /// The first and last unit of a run, once each.
 fn edge_units(first: u64, last: u64) -> impl Iterator<Item = u64> {
     std::iter::once(first).chain((last != first).then_some(last))
@@ -336,13 +366,15 @@ mod tests {
                 apply(&contents, &mut model, op);
                 let backing_len = file.metadata().unwrap().len();
                 prop_assert_eq!(backing_len, HEADER + model.len() as u64, "length after {:?}", op);
-                let (buf, range) = contents.read(0, model.len() + 10, model.len() as u64).unwrap();
+                let mut buf = Vec::new();
+                let range = contents.read(0, model.len() + 10, model.len() as u64, &mut buf).unwrap();
                 prop_assert!(&buf[range] == model.as_slice(), "contents after {:?}", op);
             }
             // Reads at every unit-straddling offset agree with the model too.
             let len = model.len() as u64;
             for start in (0..len).step_by(1361) {
-                let (buf, range) = contents.read(start, 5000, len).unwrap();
+                let mut buf = vec![0xee; 3];
+                let range = contents.read(start, 5000, len, &mut buf).unwrap();
                 let end = (start as usize + 5000).min(model.len());
                 prop_assert!(buf[range] == model[start as usize..end]);
             }

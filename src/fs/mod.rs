@@ -425,25 +425,27 @@ impl XtsFs {
         })
     }
 
+    /// Reads into `buf` (the caller's, reused); returns the range of it to reply with.
     pub fn read(
         &self,
         fh: u64,
         offset: u64,
         size: u32,
-    ) -> Result<(Vec<u8>, std::ops::Range<usize>), Errno> {
+        buf: &mut Vec<u8>,
+    ) -> Result<std::ops::Range<usize>, Errno> {
         let secrets = self.keyring.get()?;
         let handle = self.handles.get(fh)?;
         let (node, file) = (handle.node(), handle.file().ok_or(Errno::EISDIR)?);
         let _shared = node.content_lock.read().map_err(|_| Errno::EIO)?;
         let len = plain_len(node, file)?;
         let Some(cipher) = node.cipher(file, &secrets.dek)? else {
-            return Ok((Vec::new(), 0..0));
+            return Ok(0..0);
         };
         Contents {
             file,
             cipher: &cipher,
         }
-        .read(offset, size as usize, len)
+        .read(offset, size as usize, len, buf)
         .map_err(Errno::from)
     }
 
