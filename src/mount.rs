@@ -575,7 +575,7 @@ fn check_mounted(mountpoint: &Path) -> Result<(), Error> {
         )));
     }
     // SAFETY: statfs succeeded.
-    if unsafe { st.assume_init() }.f_type as i64 != FUSE_SUPER_MAGIC {
+    if unsafe { st.assume_init() }.f_type != FUSE_SUPER_MAGIC {
         return Err(Error::Mount(format!(
             "'{}' did not become a FUSE mount",
             mountpoint.display()

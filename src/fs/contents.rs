@@ -72,7 +72,7 @@ impl Contents<'_> {
         }
         let last = (end - 1) / UNIT;
         let run = first * UNIT..new_len.min((last + 1) * UNIT);
-        with_run_buffer((run.end - run.start) as usize, |buf| {
+        let written = with_run_buffer((run.end - run.start) as usize, |buf| {
             // A reused buffer holds an earlier request's bytes: anything this write does not
             // cover (gaps, edges) must start as zeros.
             if offset != run.start || end != run.end {
@@ -91,7 +91,12 @@ impl Contents<'_> {
             buf[at..at + data.len()].copy_from_slice(data);
             self.encrypt_run(first, buf)?;
             self.file.write_all_at(buf, HEADER + run.start)
-        })
+        });
+        // A failed write leaves the length as it was, the old last unit included.
+        if written.is_err() && grows_tail {
+            self.restore_len(len);
+        }
+        written
     }
 
     /// Changes the plaintext length from `len` to `new_len`.
