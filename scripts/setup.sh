@@ -16,6 +16,7 @@ PACKAGES=(
     attr                          # getfattr/setfattr for xattr tests
     procps kmod                   # pgrep/pkill, modprobe
     jq                            # the KMS test program and docs/examples parse JSON
+    python3-cryptography          # tests compare the XTS core with OpenSSL's own XTS
 )
 
 say() { printf 'setup: %s\n' "$*"; }

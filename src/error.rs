@@ -72,7 +72,8 @@ impl Error {
 
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Usage(_) => ExitCode::Usage,
+            // A malformed key reference is a usage error wherever it is caught.
+            Error::Usage(_) | Error::Key(KeyError::InvalidRef(_)) => ExitCode::Usage,
             Error::Key(_) => ExitCode::Key,
             Error::NotAVolume(_) | Error::NotEmpty(_) | Error::Header { .. } => ExitCode::Volume,
             Error::Mount(_) => ExitCode::Mount,

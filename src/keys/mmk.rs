@@ -121,8 +121,8 @@ impl PlatformKeyStore {
     pub fn create(&self, id: &str) -> Result<u32, KeyError> {
         validate_id(id)?;
         if self.latest_version(id)?.is_some() {
-            return Err(KeyError::InvalidRef(format!(
-                "mmk:{id} already exists in '{}' (use platform-key rotate to add a version)",
+            return Err(KeyError::Exists(format!(
+                "platform key '{id}' already exists in '{}'",
                 self.dir.display()
             )));
         }

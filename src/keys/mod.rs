@@ -205,6 +205,8 @@ pub fn wrap_checked(provider: &dyn KeyProvider, dek: &VolumeKey) -> Result<Prote
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    #[error("{0}")]
+    Exists(String),
     #[error("the volume header names '{0}', which is not in a trusted key directory")]
     Untrusted(PathBuf),
     #[error("'{0}' is not a key reference")]
@@ -249,6 +251,7 @@ impl KeyError {
     /// What the user can do about it.
     pub fn hint(&self) -> String {
         match self {
+            KeyError::Exists(_) => "use xtsfs platform-key rotate ID to add a version".into(),
             KeyError::Untrusted(_) => "pass the key explicitly with --key, or add its directory with --trusted-key-dir (XTSFS_TRUSTED_KEY_DIRS)".into(),
             KeyError::InvalidRef(_) => {
                 "use --key mmk, mmk:ID, pem:PATH, 'pkcs11:token=T;object=LABEL?module-path=/PATH/module.so&pin-source=file:/PATH' or command:PROGRAM[#VERSION] (docs/KMS.md)".into()

@@ -160,11 +160,15 @@ pub fn assert_exit(output: &Output, code: i32) {
 }
 
 /// Asserts a failure that xtsfs reported as an error (not a panic) with exit `code`.
+/// Log lines (audit events) may come before the error.
 #[track_caller]
 pub fn assert_error(output: &Output, code: i32) {
     assert_exit(output, code);
     let err = stderr(output);
-    assert!(err.starts_with("xtsfs: error:"), "stderr: {err}");
+    assert!(
+        err.lines().any(|line| line.starts_with("xtsfs: error:")),
+        "stderr: {err}"
+    );
     assert!(!err.contains("panicked"), "stderr: {err}");
 }
 
