@@ -10,7 +10,6 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::Attribute;
@@ -18,141 +17,16 @@ use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use serde_json::Value;
 
+use common::contract::run_provider_contract;
 use common::mount::wait_for_state;
 use common::{assert_error, assert_exit, path_str, set_mode, stderr, stdout, TestEnv};
-use xtsfs::crypto::VolumeKey;
-use xtsfs::keys::{
-    wrap_checked, KeyDescription, KeyError, KeyKind, KeyProvider, KeyRef, Protector,
-};
+use xtsfs::keys::{KeyError, KeyKind, KeyRef};
 
 const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const USER_PIN: &str = "1234";
 const SO_PIN: &str = "5678";
 
 // --- the provider contract ----------------------------------------------------------------
-
-/// What every [`KeyProvider`] owes the volume code, whatever holds its key. Meant to
-/// match tests/key_providers.rs, and self-contained so that the two can become one.
-fn run_provider_contract(provider: &dyn KeyProvider, kind: KeyKind) {
-    let description = provider.describe().expect("describe");
-    assert_eq!(description.kind, kind);
-    assert!(!description.key_id.is_empty(), "{description:?}");
-    assert!(!description.key_version.is_empty(), "{description:?}");
-    assert!(!description.algorithm.is_empty(), "{description:?}");
-    let key_ref = KeyRef::parse(&description.key_ref).expect("the recorded key_ref parses");
-    assert_eq!(
-        key_ref.to_string(),
-        description.key_ref,
-        "key_ref round-trips"
-    );
-
-    let dek = VolumeKey::generate().expect("random DEK");
-    let secret_texts = [hex(dek.expose()), b64(dek.expose())];
-    let protector = provider.wrap(&dek).expect("wrap");
-    assert_eq!(
-        protector.key, description,
-        "wrap uses the key version describe reports"
-    );
-    let wrapped = protector
-        .wrapped_bytes()
-        .expect("the wrapped key is base64");
-    assert!(
-        !wrapped
-            .windows(16)
-            .any(|w| dek.expose().windows(16).any(|d| d == w)),
-        "the wrapped key shows part of the DEK"
-    );
-    let header_json = serde_json::to_string(&protector).expect("protector serializes");
-    for secret in &secret_texts {
-        assert!(
-            !header_json.contains(secret.as_str()),
-            "the protector shows the DEK"
-        );
-    }
-
-    let unwrapped = provider
-        .unwrap(&protector)
-        .expect("the provider recognises its own protector")
-        .expect("unwrap");
-    assert_eq!(unwrapped.expose(), dek.expose());
-
-    let again = provider.wrap(&dek).expect("second wrap");
-    assert_ne!(
-        again.wrapped_key, protector.wrapped_key,
-        "wrapping is randomized"
-    );
-    let unwrapped = provider
-        .unwrap(&again)
-        .expect("recognised")
-        .expect("unwrap");
-    assert_eq!(unwrapped.expose(), dek.expose());
-    assert_eq!(
-        wrap_checked(provider, &dek).expect("wrap_checked").key,
-        description
-    );
-
-    let other_kind = if kind == KeyKind::Mmk {
-        KeyKind::Pem
-    } else {
-        KeyKind::Mmk
-    };
-    let foreign = with_key(&protector, |key| key.kind = other_kind);
-    assert!(
-        provider.unwrap(&foreign).is_none(),
-        "claimed another kind's protector"
-    );
-    let other_key = with_key(&protector, |key| {
-        key.key_id.push_str("-other");
-        key.key_version.push_str("-other");
-    });
-    match provider.unwrap(&other_key) {
-        None | Some(Err(KeyError::WrongKey { .. })) => {}
-        Some(Ok(_)) => panic!("unwrapped a protector of another key"),
-        Some(Err(e)) => panic!("another key's protector: expected None or WrongKey, got {e}"),
-    }
-
-    let damaged = [
-        ("a flipped byte", b64(&flip_last_byte(&wrapped))),
-        ("a truncated key", b64(&wrapped[..wrapped.len() / 2])),
-        ("no base64", "not base64!".to_string()),
-    ];
-    for (what, wrapped_key) in damaged {
-        let protector = Protector {
-            wrapped_key,
-            ..protector.clone()
-        };
-        match provider.unwrap(&protector) {
-            Some(Err(e @ KeyError::UnwrapFailed { .. })) => {
-                for secret in &secret_texts {
-                    assert!(!e.to_string().contains(secret.as_str()), "{what}: {e}");
-                }
-            }
-            Some(Err(e)) => panic!("{what}: expected UnwrapFailed, got {e:?}"),
-            Some(Ok(_)) => panic!("{what}: unwrapped a damaged key"),
-            None => panic!("{what}: did not recognise its own protector"),
-        }
-    }
-}
-
-fn with_key(protector: &Protector, change: impl FnOnce(&mut KeyDescription)) -> Protector {
-    let mut changed = protector.clone();
-    change(&mut changed.key);
-    changed
-}
-
-fn flip_last_byte(bytes: &[u8]) -> Vec<u8> {
-    let mut flipped = bytes.to_vec();
-    *flipped.last_mut().expect("not empty") ^= 0x01;
-    flipped
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
 
 // --- fixtures ---------------------------------------------------------------------------
 
@@ -438,7 +312,8 @@ fn pkcs11_provider_meets_the_contract() {
         .unwrap()
         .open(&env.key_context())
         .expect("open the token");
-    run_provider_contract(provider.as_ref(), KeyKind::Pkcs11);
+    assert_eq!(provider.describe().unwrap().kind, KeyKind::Pkcs11);
+    run_provider_contract(provider.as_ref());
     let description = provider.describe().unwrap();
     assert_eq!(description.key_id, "contract/kek");
     assert_eq!(description.key_version, "01");
@@ -685,7 +560,8 @@ fn command_provider_meets_the_contract() {
         .unwrap()
         .open(&env.key_context())
         .expect("open the KMS command");
-    run_provider_contract(provider.as_ref(), KeyKind::Command);
+    assert_eq!(provider.describe().unwrap().kind, KeyKind::Command);
+    run_provider_contract(provider.as_ref());
     let description = provider.describe().unwrap();
     assert_eq!(
         (

@@ -6,103 +6,13 @@ mod common;
 use std::fs;
 use std::os::unix::fs::symlink;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use xtsfs::crypto::VolumeKey;
 use xtsfs::keys::mmk::{MmkProvider, PlatformKeyStore, StoredKey};
 use xtsfs::keys::pem::PemProvider;
-use xtsfs::keys::{wrap_checked, KeyError, KeyKind, KeyProvider, KeyRef, Protector};
+use xtsfs::keys::{KeyError, KeyProvider};
 
+use common::contract::run_provider_contract;
 use common::{set_mode, TestEnv};
-
-/// What every provider must do, whatever kind of key it holds.
-fn check_contract(provider: &dyn KeyProvider) {
-    let description = provider.describe().unwrap();
-    assert_eq!(
-        provider.describe().unwrap(),
-        description,
-        "describe is stable"
-    );
-
-    let dek = VolumeKey::generate().unwrap();
-    let protector = provider.wrap(&dek).unwrap();
-    assert_eq!(
-        protector.key, description,
-        "the protector records the key that wrapped it"
-    );
-    let unwrapped = provider
-        .unwrap(&protector)
-        .expect("a provider recognises its own protector")
-        .unwrap();
-    assert_eq!(unwrapped.expose(), dek.expose());
-
-    let wrapped = protector.wrapped_bytes().unwrap();
-    for window in dek.expose().windows(8) {
-        assert!(
-            !wrapped.windows(8).any(|w| w == window),
-            "the wrapped key contains DEK bytes"
-        );
-    }
-    let stored = serde_json::to_string(&protector).unwrap();
-    assert!(!stored.contains(&common::hex(dek.expose())));
-    assert!(!stored.contains(&STANDARD.encode(dek.expose())));
-    let key_ref = KeyRef::parse(&description.key_ref).expect("the recorded key_ref parses");
-    assert_eq!(key_ref.to_string(), description.key_ref);
-
-    for (what, tampered) in tampered_copies(&protector) {
-        match provider.unwrap(&tampered) {
-            Some(Err(KeyError::UnwrapFailed { .. })) => {}
-            other => panic!(
-                "{what}: expected Some(Err(UnwrapFailed)), got {:?}",
-                other.map(|r| r.map(|_| "a key"))
-            ),
-        }
-    }
-
-    let mut foreign = protector.clone();
-    foreign.key.kind = if description.kind == KeyKind::Mmk {
-        KeyKind::Pem
-    } else {
-        KeyKind::Mmk
-    };
-    assert!(
-        provider.unwrap(&foreign).is_none(),
-        "a protector of another kind is not this provider's"
-    );
-
-    let checked = wrap_checked(provider, &dek).unwrap();
-    assert_eq!(checked.key, description);
-    let unwrapped = provider.unwrap(&checked).unwrap().unwrap();
-    assert_eq!(unwrapped.expose(), dek.expose());
-}
-
-/// Copies of `protector` whose wrapped key is damaged in different ways.
-fn tampered_copies(protector: &Protector) -> Vec<(&'static str, Protector)> {
-    let wrapped = protector.wrapped_bytes().unwrap();
-    let with_wrapped = |bytes: &[u8]| Protector {
-        wrapped_key: STANDARD.encode(bytes),
-        ..protector.clone()
-    };
-    let mut first_flipped = wrapped.clone();
-    first_flipped[0] ^= 1;
-    let mut last_flipped = wrapped.clone();
-    *last_flipped.last_mut().unwrap() ^= 0x80;
-    let longer = [&wrapped[..], &[0u8; 8]].concat();
-    vec![
-        ("first byte flipped", with_wrapped(&first_flipped)),
-        ("last byte flipped", with_wrapped(&last_flipped)),
-        ("truncated", with_wrapped(&wrapped[..wrapped.len() - 8])),
-        ("extended", with_wrapped(&longer)),
-        ("empty", with_wrapped(&[])),
-        (
-            "not base64",
-            Protector {
-                wrapped_key: "not base64!".into(),
-                ..protector.clone()
-            },
-        ),
-    ]
-}
 
 fn mmk_provider(env: &TestEnv, id: &str) -> MmkProvider {
     let dir = env.platform_key_dir();
@@ -116,21 +26,21 @@ fn mmk_provider(env: &TestEnv, id: &str) -> MmkProvider {
 #[test]
 fn contract_mmk() {
     let env = TestEnv::new();
-    check_contract(&mmk_provider(&env, "contract"));
+    run_provider_contract(&mmk_provider(&env, "contract"));
 }
 
 #[test]
 fn contract_pem_rsa_2048() {
     let env = TestEnv::new();
     let key = env.rsa_key("rsa2048.pem", 2048);
-    check_contract(&PemProvider::open(&key).unwrap());
+    run_provider_contract(&PemProvider::open(&key).unwrap());
 }
 
 #[test]
 fn contract_pem_rsa_3072() {
     let env = TestEnv::new();
     let key = env.rsa_key("rsa3072.pem", 3072);
-    check_contract(&PemProvider::open(&key).unwrap());
+    run_provider_contract(&PemProvider::open(&key).unwrap());
 }
 
 // --- Platform keys (MMK) ---

@@ -4,6 +4,7 @@
 // Each test crate includes this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod contract;
 pub mod mount;
 
 use std::fs;
