@@ -165,17 +165,47 @@ fn check_golden(kind: &str) {
 
     let backing = env.backing();
     let mut args = vec!["status", path_str(&backing)];
-    args.extend(cli_args);
+    args.extend(cli_args.iter().copied());
     assert_exit(&env.xtsfs(&args), 0);
+
+    // And through the mount, as a user would read it.
+    common::mount::require_fuse();
+    let mountpoint = env.path("mnt");
+    fs::create_dir(&mountpoint).unwrap();
+    let mut args = vec!["mount", path_str(&backing), path_str(&mountpoint)];
+    args.extend(cli_args.iter().copied());
+    assert_exit(&env.xtsfs(&args), 0);
+    let mounted = read_mounted_tree(&mountpoint);
+    assert_exit(&env.xtsfs(&["unmount", path_str(&mountpoint)]), 0);
+    assert_eq!(mounted, expected_tree());
+}
+
+/// The plaintext tree seen through a mount, by path.
+fn read_mounted_tree(root: &Path) -> BTreeMap<PathBuf, Node> {
+    let mut tree = BTreeMap::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let relative = path.strip_prefix(root).unwrap().to_path_buf();
+            if path.is_dir() {
+                pending.push(path);
+                tree.insert(relative, Node::Dir);
+            } else {
+                tree.insert(relative, Node::File(fs::read(&path).unwrap()));
+            }
+        }
+    }
+    tree
 }
 
 #[test]
-fn golden_mmk_volume_decrypts_to_its_known_contents() {
+fn golden_mmk_volume_decrypts_and_mounts_with_its_known_contents() {
     check_golden("mmk");
 }
 
 #[test]
-fn golden_pem_volume_decrypts_to_its_known_contents() {
+fn golden_pem_volume_decrypts_and_mounts_with_its_known_contents() {
     check_golden("pem");
 }
 
