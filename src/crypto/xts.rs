@@ -77,20 +77,18 @@ impl Xts256 {
     /// XTS over whole blocks; returns the tweak for the block after `chunk`.
     fn batch(&self, tweak: u128, chunk: &mut [u8], dir: Direction) -> u128 {
         let mut tweaks = [0u128; BATCH_BLOCKS];
-        let (blocks, _) = Array::<u8, _>::slice_as_chunks_mut(chunk);
-        let blocks: &mut [aes::Block] = blocks;
+        // Plain byte arrays, not `aes::Block`s, for the XOR passes: their conversions to
+        // and from u128 compile to plain loads and stores.
+        let (blocks, _) = chunk.as_chunks_mut::<BLOCK>();
         let tweaks = &mut tweaks[..blocks.len()];
         let next = fill_tweaks(tweak, tweaks);
-        for (block, t) in blocks.iter_mut().zip(tweaks.iter()) {
-            xor_tweak(block, *t);
-        }
+        xor_tweaks(blocks, tweaks);
+        let aes_blocks = aes::Block::cast_slice_from_core_mut(blocks);
         match dir {
-            Direction::Encrypt => self.data.encrypt_blocks(blocks),
-            Direction::Decrypt => self.data.decrypt_blocks(blocks),
+            Direction::Encrypt => self.data.encrypt_blocks(aes_blocks),
+            Direction::Decrypt => self.data.decrypt_blocks(aes_blocks),
         }
-        for (block, t) in blocks.iter_mut().zip(tweaks.iter()) {
-            xor_tweak(block, *t);
-        }
+        xor_tweaks(blocks, tweaks);
         next
     }
 
@@ -139,6 +137,12 @@ impl Xts256 {
 enum Direction {
     Encrypt,
     Decrypt,
+}
+
+fn xor_tweaks(blocks: &mut [[u8; BLOCK]], tweaks: &[u128]) {
+    for (block, tweak) in blocks.iter_mut().zip(tweaks) {
+        *block = (u128::from_le_bytes(*block) ^ tweak).to_le_bytes();
+    }
 }
 
 fn xor_tweak(block: &mut aes::Block, tweak: u128) {
