@@ -162,7 +162,7 @@ fn contents_encryption() {
 
     let index = v.text("cts_unit_index").parse().unwrap();
     let plaintext = v.hex("cts_unit_plaintext");
-    assert!(plaintext.len() > 16 && plaintext.len() % 16 != 0);
+    assert!(plaintext.len() > 16 && !plaintext.len().is_multiple_of(16));
     assert_eq!(
         hex(&encrypted(&xts, index, &plaintext)),
         v.text("cts_unit_ciphertext")

@@ -66,7 +66,7 @@ impl Contents<'_> {
         let new_len = len.max(end);
         let first = offset / UNIT;
         // A partial last unit before the written range grows to its new length.
-        let grows_tail = new_len > len && len % UNIT != 0 && len / UNIT < first;
+        let grows_tail = new_len > len && !len.is_multiple_of(UNIT) && len / UNIT < first;
         if grows_tail {
             self.reencrypt_unit(len / UNIT, len, new_len, None)?;
         }
@@ -115,7 +115,7 @@ impl Contents<'_> {
             return grown;
         }
         // Shrinking: a new partial last unit is re-encrypted at its shorter length.
-        let tail = (new_len % UNIT != 0)
+        let tail = (!new_len.is_multiple_of(UNIT))
             .then(|| self.read_unit(new_len / UNIT, len))
             .transpose()?;
         self.file.set_len(HEADER + new_len)?;
@@ -131,7 +131,7 @@ impl Contents<'_> {
     }
 
     fn grow(&self, len: u64, new_len: u64) -> io::Result<()> {
-        if len % UNIT != 0 {
+        if !len.is_multiple_of(UNIT) {
             self.reencrypt_unit(len / UNIT, len, new_len, None)?;
         }
         // A new last unit too short to be a hole is written as encrypted zeros.

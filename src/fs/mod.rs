@@ -605,7 +605,7 @@ impl XtsFs {
 }
 
 fn is_unit_aligned(offset: u64, len: usize) -> bool {
-    offset % contents::UNIT == 0 && len as u64 % contents::UNIT == 0
+    offset.is_multiple_of(contents::UNIT) && (len as u64).is_multiple_of(contents::UNIT)
 }
 
 /// The plaintext length of an open backing file.
