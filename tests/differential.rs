@@ -1478,7 +1478,11 @@ impl<'a> Run<'a> {
     fn after_ttl(&self) -> String {
         std::thread::sleep(KERNEL_CACHE_TTL);
         match snapshot(&self.sides[XTSFS].root) {
-            Ok(_) => format!("; {} s later it reads fine", KERNEL_CACHE_TTL.as_secs_f32()),
+            Ok(tree) => format!(
+                "; {} s later it reads without errors ({} entries)",
+                KERNEL_CACHE_TTL.as_secs_f32(),
+                tree.len()
+            ),
             Err(e) => format!("; {} s later: {e}", KERNEL_CACHE_TTL.as_secs_f32()),
         }
     }
@@ -1570,7 +1574,10 @@ fn run_seed(seed: u64, ops: usize) {
             }
         }
     }
-    if let Err(mismatch) = result.and_then(|()| run.finish()) {
+    if let Err(mut mismatch) = result.and_then(|()| run.finish()) {
+        if let Some(note) = mount_gone(&run.mount.mountpoint) {
+            mismatch.what = format!("{} [{note}]", mismatch.what);
+        }
         drop(run);
         report(seed, ops, &applied, &mismatch);
     }
@@ -1621,6 +1628,20 @@ fn final_canary_ops(canary: &[u8]) -> Vec<Op> {
             path: RelPath([short.0.as_slice(), b"-link"].concat()),
         },
     ]
+}
+
+/// Whether the xtsfs side diverged because its mount went away: a daemon that died, or
+/// an unmount from outside (a test script sweeping up "leaked" mounts on a shared machine
+/// detaches a running test's mount too, and every path under it then reads ENOENT).
+fn mount_gone(mountpoint: &Path) -> Option<String> {
+    let parent = mountpoint.parent()?;
+    match (fs::metadata(mountpoint), fs::metadata(parent)) {
+        (Ok(mount), Ok(parent)) if mount.dev() == parent.dev() => {
+            Some("the xtsfs mount is gone: unmounted from outside the test?".into())
+        }
+        (Err(e), _) => Some(format!("the xtsfs mount does not answer: {e}")),
+        _ => None,
+    }
 }
 
 /// Panics with everything needed to replay the failure, and with a minimized op sequence
