@@ -81,8 +81,7 @@ impl Xts256 {
         // and from u128 compile to plain loads and stores.
         let (blocks, _) = chunk.as_chunks_mut::<BLOCK>();
         let tweaks = &mut tweaks[..blocks.len()];
-        let next = fill_tweaks(tweak, tweaks);
-        xor_tweaks(blocks, tweaks);
+        let next = fill_tweaks_and_xor(tweak, tweaks, blocks);
         let aes_blocks = aes::Block::cast_slice_from_core_mut(blocks);
         match dir {
             Direction::Encrypt => self.data.encrypt_blocks(aes_blocks),
@@ -182,15 +181,19 @@ fn mul_alpha8(t: u128) -> u128 {
     (t << 8) ^ REDUCE_BYTE[(t >> 120) as usize] as u128
 }
 
-/// Fills `tweaks` with `first`·α^j and returns the tweak after the last one.
-fn fill_tweaks(first: u128, tweaks: &mut [u128]) -> u128 {
+/// Fills `tweaks` with `first`·α^j, XORs each into its block in the same pass, and
+/// returns the tweak after the last one.
+fn fill_tweaks_and_xor(first: u128, tweaks: &mut [u128], blocks: &mut [[u8; BLOCK]]) -> u128 {
     let mut t = first;
-    for slot in tweaks.iter_mut().take(TWEAK_CHAINS) {
+    for (slot, block) in tweaks.iter_mut().zip(blocks.iter_mut()).take(TWEAK_CHAINS) {
         *slot = t;
+        *block = (u128::from_le_bytes(*block) ^ t).to_le_bytes();
         t = mul_alpha(t);
     }
     for j in TWEAK_CHAINS..tweaks.len() {
-        tweaks[j] = mul_alpha8(tweaks[j - TWEAK_CHAINS]);
+        let t = mul_alpha8(tweaks[j - TWEAK_CHAINS]);
+        tweaks[j] = t;
+        blocks[j] = (u128::from_le_bytes(blocks[j]) ^ t).to_le_bytes();
     }
     match tweaks.len().checked_sub(TWEAK_CHAINS) {
         Some(back) => mul_alpha8(tweaks[back]),
