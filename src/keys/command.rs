@@ -5,7 +5,6 @@
 //! environment, and every buffer that holds the volume key is zeroized.
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -16,6 +15,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::secure_file::check_owner_and_mode;
 use super::{KeyDescription, KeyError, KeyKind, KeyProvider, Protector};
 use crate::crypto::VolumeKey;
 
@@ -508,22 +508,8 @@ pub(crate) fn check_trusted_file(path: &Path, what: &str) -> Result<(), KeyError
             path.display()
         )));
     }
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    if meta.uid() != euid && meta.uid() != 0 {
-        return Err(KeyError::WrongOwner {
-            path: path.into(),
-            owner: meta.uid(),
-            expected: euid,
-        });
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(KeyError::TooOpen {
-            path: path.into(),
-            mode: meta.mode() & 0o7777,
-        });
-    }
-    Ok(())
+    // Others may run it, but nobody but its owner may change it.
+    check_owner_and_mode(path, &meta, 0o022)
 }
 
 #[cfg(test)]

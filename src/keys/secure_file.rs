@@ -11,6 +11,15 @@ use crate::crypto::secret::SecretVec;
 
 /// Checks owner and mode of an open key file or key directory.
 pub(crate) fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), KeyError> {
+    check_owner_and_mode(path, meta, 0o077)
+}
+
+/// The file must belong to this user or root and have none of the `forbidden` mode bits.
+pub(crate) fn check_owner_and_mode(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    forbidden: u32,
+) -> Result<(), KeyError> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if meta.uid() != euid && meta.uid() != 0 {
@@ -20,7 +29,7 @@ pub(crate) fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(),
             expected: euid,
         });
     }
-    if meta.mode() & 0o077 != 0 {
+    if meta.mode() & forbidden != 0 {
         return Err(KeyError::TooOpen {
             path: path.into(),
             mode: meta.mode() & 0o7777,

@@ -64,16 +64,7 @@ pub fn init(
         created_at: now,
         protector,
     };
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(backing)
-        .map_err(Error::io("cannot create backing directory", backing))?;
-    let tree = backing.join(TREE_DIR);
-    DirBuilder::new()
-        .mode(0o755)
-        .create(&tree)
-        .map_err(Error::io("cannot create", &tree))?;
+    create_layout(backing, 0o755)?;
     write_header(backing, &body.encode(&dek))?;
     Ok(body)
 }
@@ -273,6 +264,11 @@ pub fn write_header(backing: &Path, bytes: &[u8]) -> Result<(), Error> {
 /// Lays out an ephemeral volume: an empty or absent `backing` with only a tree in it.
 pub fn create_empty_tree(backing: &Path) -> Result<(), Error> {
     ensure_empty(backing)?;
+    create_layout(backing, 0o700)
+}
+
+/// Creates `backing` (private to its owner) and the tree directory in it.
+fn create_layout(backing: &Path, tree_mode: u32) -> Result<(), Error> {
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -280,7 +276,7 @@ pub fn create_empty_tree(backing: &Path) -> Result<(), Error> {
         .map_err(Error::io("cannot create backing directory", backing))?;
     let tree = backing.join(TREE_DIR);
     DirBuilder::new()
-        .mode(0o700)
+        .mode(tree_mode)
         .create(&tree)
         .map_err(Error::io("cannot create", &tree))
 }
