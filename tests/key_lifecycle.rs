@@ -104,24 +104,16 @@ fn alert_policy_keeps_serving_and_refuses_rewrap_until_the_key_returns() {
     let key = env.rsa_key("kek.pem", 2048);
     let mut m = env.mounted(&["--key", &format!("pem:{}", key.display())]);
     m.unmount();
-    let (backing, mnt) = (
-        path_str(&m.backing).to_string(),
-        path_str(&m.mountpoint).to_string(),
-    );
-    assert_success(
-        &env.xtsfs(&[
-            "--audit-log",
-            path_str(&audit),
-            "mount",
-            &backing,
-            &mnt,
-            "--key-check-interval",
-            "100ms",
-            "--on-key-loss",
-            "alert",
-        ]),
-        "mount",
-    );
+    let backing = path_str(&m.backing).to_string();
+    // --audit-log is global, so it may follow the subcommand like the rest.
+    m.mount(&[
+        "--audit-log",
+        path_str(&audit),
+        "--key-check-interval",
+        "100ms",
+        "--on-key-loss",
+        "alert",
+    ]);
     fs::write(m.path("data"), b"kept").unwrap();
 
     fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
@@ -175,22 +167,14 @@ fn online_rewrap_chain_under_load_changes_no_data_byte() {
     let audit = env.path("audit.log");
     let mut m = env.mounted(&[]);
     m.unmount();
-    let (backing, mnt) = (
-        path_str(&m.backing).to_string(),
-        path_str(&m.mountpoint).to_string(),
-    );
-    assert_success(
-        &env.xtsfs(&[
-            "--audit-log",
-            path_str(&audit),
-            "mount",
-            &backing,
-            &mnt,
-            "--key-check-interval",
-            "100ms",
-        ]),
-        "mount",
-    );
+    let backing = path_str(&m.backing).to_string();
+    // --audit-log is global, so it may follow the subcommand like the rest.
+    m.mount(&[
+        "--audit-log",
+        path_str(&audit),
+        "--key-check-interval",
+        "100ms",
+    ]);
     for i in 0..8 {
         fs::write(
             m.path(&format!("still-{i}")),
@@ -299,18 +283,13 @@ fn mounted_volume_follows_a_rotated_platform_key() {
     let audit = env.path("audit.log");
     let mut m = env.mounted(&[]);
     m.unmount();
-    assert_success(
-        &env.xtsfs(&[
-            "--audit-log",
-            path_str(&audit),
-            "mount",
-            path_str(&m.backing),
-            path_str(&m.mountpoint),
-            "--key-check-interval",
-            "100ms",
-        ]),
-        "mount",
-    );
+    // --audit-log is global, so it may follow the subcommand like the rest.
+    m.mount(&[
+        "--audit-log",
+        path_str(&audit),
+        "--key-check-interval",
+        "100ms",
+    ]);
     fs::write(m.path("f"), b"survives rotation").unwrap();
     assert_success(&env.xtsfs(&["platform-key", "rotate", "default"]), "rotate");
     let deadline = Instant::now() + Duration::from_secs(20);

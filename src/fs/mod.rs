@@ -149,6 +149,11 @@ impl XtsFs {
     /// Looks up a backing entry and registers a kernel reference to it.
     fn intern(&self, dir: BorrowedFd<'_>, entry: &OsStr) -> Result<Entry, Errno> {
         let fd = backing::open_path(dir, entry).map_err(Errno::from)?;
+        self.register(fd)
+    }
+
+    /// Registers a kernel reference to the object an O_PATH fd names.
+    fn register(&self, fd: OwnedFd) -> Result<Entry, Errno> {
         let st = backing::stat(fd.as_fd()).map_err(Errno::from)?;
         let node = self.inodes.intern(fd, &st)?;
         Ok(Entry {
@@ -247,11 +252,7 @@ impl XtsFs {
         }
         let fd = backing::open_path(parent.fd(), backing_name.entry()).map_err(Errno::from)?;
         caller.apply(parent.fd(), fd.as_fd()).map_err(Errno::from)?;
-        let st = backing::stat(fd.as_fd()).map_err(Errno::from)?;
-        let node = self.inodes.intern(fd, &st)?;
-        Ok(Entry {
-            attr: file_attr(node.id, &st),
-        })
+        self.register(fd)
     }
 
     pub fn mkdir(
