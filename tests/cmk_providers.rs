@@ -50,10 +50,12 @@ fn softhsm_conf() -> &'static Path {
     })
 }
 
-/// Tests that use PKCS#11 in this process take turns: SoftHSM lists its tokens when it is
-/// initialized, so a token made while another test holds the module initialized would not
-/// be seen.
-fn in_process_hsm() -> MutexGuard<'static, ()> {
+/// Tests that use SoftHSM take turns, from making their token to deleting it. Its token
+/// directory is shared by every process that opens it: a login, a new object or a new
+/// token in one test rewrites files that another test's process may be reading, and
+/// softhsm2-util and pkcs11-tool fail outright on a token they cannot read. SoftHSM also
+/// lists its tokens only when it is initialized, which this process does once.
+fn softhsm_turn() -> MutexGuard<'static, ()> {
     static TURN: Mutex<()> = Mutex::new(());
     TURN.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -62,10 +64,13 @@ fn in_process_hsm() -> MutexGuard<'static, ()> {
 struct Token {
     label: String,
     pin_file: PathBuf,
+    /// Held until the token is deleted (fields drop after `Drop::drop`).
+    _turn: MutexGuard<'static, ()>,
 }
 
 impl Token {
     fn new(env: &TestEnv, label: &str) -> Self {
+        let turn = softhsm_turn();
         softhsm_conf();
         run(
             "softhsm2-util",
@@ -86,6 +91,7 @@ impl Token {
         Token {
             label: label.into(),
             pin_file,
+            _turn: turn,
         }
     }
 
@@ -119,7 +125,6 @@ impl Token {
     /// An RSA-2048 key pair whose private key may sign but not decrypt or unwrap, which
     /// pkcs11-tool cannot make (SoftHSM defaults CKA_DECRYPT to true).
     fn keypair_without_decrypt(&self, object: &str, id: u8) {
-        let _turn = in_process_hsm();
         let pkcs11 = Pkcs11::new(SOFTHSM_MODULE).expect("load SoftHSM");
         pkcs11
             .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
@@ -307,7 +312,6 @@ fn pkcs11_provider_meets_the_contract() {
     let env = TestEnv::new();
     let token = Token::new(&env, "contract");
     token.keypair("kek", "01", "rsa:2048");
-    let _turn = in_process_hsm();
     let provider = KeyRef::parse(&token.uri("kek", ""))
         .unwrap()
         .open(&env.key_context())
@@ -448,7 +452,6 @@ fn pkcs11_follows_the_newest_id_and_old_versions_still_unwrap() {
 
     token.keypair("kek", "02", "rsa:2048");
     {
-        let _turn = in_process_hsm();
         let provider = KeyRef::parse(&uri)
             .unwrap()
             .open(&env.key_context())
@@ -891,7 +894,10 @@ fn pkcs11_key_deleted_while_mounted_locks_until_the_token_is_restored() {
                 .unwrap_or(false)
         })
         .expect("the token's directory");
-    let backup = env.path("token-backup");
+    // Beside the token directory (so renames stay on one filesystem) but outside the
+    // directory SoftHSM scans.
+    let backup = tokens.with_file_name("revoked-backup");
+    let _ = fs::remove_dir_all(&backup);
     run("cp", &["-a", path_str(&token_dir), path_str(&backup)]);
     revoke_while_mounted(
         &env,
@@ -900,8 +906,12 @@ fn pkcs11_key_deleted_while_mounted_locks_until_the_token_is_restored() {
             token.tool(&["--delete-object", "--type", "privkey", "--id", "01"]);
         },
         || {
-            fs::remove_dir_all(&token_dir).unwrap();
-            run("cp", &["-a", path_str(&backup), path_str(&token_dir)]);
+            // The daemon's key checks keep creating lock files in the token directory, so
+            // the restore swaps whole directories by rename instead of emptying one.
+            let removed = tokens.with_file_name("revoked-removed");
+            fs::rename(&token_dir, &removed).unwrap();
+            fs::rename(&backup, &token_dir).unwrap();
+            let _ = fs::remove_dir_all(&removed);
         },
     );
 }
