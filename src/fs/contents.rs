@@ -67,11 +67,17 @@ impl Contents<'_> {
         let first = offset / UNIT;
         // A partial last unit before the written range grows to its new length.
         let grows_tail = new_len > len && !len.is_multiple_of(UNIT) && len / UNIT < first;
+        let last = (end - 1) / UNIT;
+        let run = first * UNIT..new_len.min((last + 1) * UNIT);
+        if grows_tail {
+            self.reserve(len / UNIT * UNIT..(len / UNIT + 1) * UNIT)?;
+        }
+        if new_len > len {
+            self.reserve(run.clone())?;
+        }
         if grows_tail {
             self.reencrypt_unit(len / UNIT, len, new_len, None)?;
         }
-        let last = (end - 1) / UNIT;
-        let run = first * UNIT..new_len.min((last + 1) * UNIT);
         let written = with_run_buffer((run.end - run.start) as usize, |buf| {
             // A reused buffer holds an earlier request's bytes: anything this write does not
             // cover (gaps, edges) must start as zeros.
@@ -131,15 +137,43 @@ impl Contents<'_> {
     }
 
     fn grow(&self, len: u64, new_len: u64) -> io::Result<()> {
+        let last = new_len / UNIT;
+        // A new last unit too short to be a hole is written as encrypted zeros.
+        let short_last = (1..BLOCK as u64).contains(&(new_len % UNIT)) && len <= last * UNIT;
+        if !len.is_multiple_of(UNIT) {
+            self.reserve(len / UNIT * UNIT..new_len.min((len / UNIT + 1) * UNIT))?;
+        }
+        if short_last {
+            self.reserve(last * UNIT..new_len)?;
+        }
         if !len.is_multiple_of(UNIT) {
             self.reencrypt_unit(len / UNIT, len, new_len, None)?;
         }
-        // A new last unit too short to be a hole is written as encrypted zeros.
-        let last = new_len / UNIT;
-        if (1..BLOCK as u64).contains(&(new_len % UNIT)) && len <= last * UNIT {
+        if short_last {
             self.reencrypt_unit(last, len, new_len, None)?;
         }
         self.file.set_len(HEADER + new_len)
+    }
+
+    /// Allocates the backing blocks of plaintext `range` before a write that grows the
+    /// file. A write that ran out of space part-way would leave a unit half new and half old
+    /// ciphertext, unreadable, and with it bytes acknowledged long ago (the old last unit is
+    /// rewritten at its new length). Reserved first, a full disk is ENOSPC before anything
+    /// changes. File systems without fallocate get the plain write.
+    fn reserve(&self, range: Range<u64>) -> io::Result<()> {
+        if range.start >= range.end {
+            return Ok(());
+        }
+        let reserved = super::backing::fallocate(
+            self.file,
+            libc::FALLOC_FL_KEEP_SIZE,
+            HEADER + range.start,
+            range.end - range.start,
+        );
+        match reserved {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+            other => other,
+        }
     }
 
     /// After growing failed (a backing limit, no space), puts the file back to plaintext
