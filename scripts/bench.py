@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,25 +84,33 @@ def fio(directory: Path, args, size, runtime, filename="bench.dat"):
     return job
 
 
-def run_fio(setups: Setups, size, runtime, results, label):
+def run_fio(setups: Setups, size, runtime, repeat, results, label):
+    """Each workload runs `repeat` times, the setups taking turns within each round so that
+    a noisy neighbour slows all three alike; the median of the rounds is reported."""
     pid = setups.xtsfs_pid()
     for name, unit, args, cold in FIO_WORKLOADS:
+        values = {setup: [] for setup in SETUPS}
+        for _ in range(repeat):
+            for setup in SETUPS:
+                directory = setups.dirs[setup]
+                if name.startswith("append"):
+                    (directory / "append.dat").unlink(missing_ok=True)
+                    filename = "append.dat"
+                else:
+                    filename = "bench.dat"
+                    if not (directory / filename).exists():
+                        fio(directory, ["--rw=write", "--bs=1M"], size, 1)  # lays out the file
+                if cold:
+                    drop_caches()
+                job = fio(directory, args, size, runtime, filename)
+                side = "read" if "read" in name else "write"
+                value = job[side]["bw"] / 1024 if unit == "MiB/s" else job[side]["iops"]
+                values[setup].append(value)
+                print(f"  {label:6} {name:26} {setup:10} {value:12.1f} {unit}", flush=True)
         for setup in SETUPS:
-            directory = setups.dirs[setup]
-            if name.startswith("append"):
-                (directory / "append.dat").unlink(missing_ok=True)
-                filename = "append.dat"
-            else:
-                filename = "bench.dat"
-                if not (directory / filename).exists():
-                    fio(directory, ["--rw=write", "--bs=1M"], size, 1)  # lays out the file
-            if cold:
-                drop_caches()
-            job = fio(directory, args, size, runtime, filename)
-            side = "read" if "read" in name else "write"
-            value = job[side]["bw"] / 1024 if unit == "MiB/s" else job[side]["iops"]
-            results.append({"backing": label, "workload": name, "unit": unit, "setup": setup, "value": value})
-            print(f"  {label:6} {name:26} {setup:10} {value:12.1f} {unit}", flush=True)
+            value = statistics.median(values[setup])
+            results.append({"backing": label, "workload": name, "unit": unit, "setup": setup, "value": value,
+                            "runs": values[setup]})
     rss_kib = int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
     return rss_kib
 
@@ -228,17 +237,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="512M", help="fio file size")
     parser.add_argument("--runtime", type=int, default=8, help="seconds per fio run")
+    parser.add_argument("--repeat", type=int, default=3, help="fio rounds per workload (the median is reported)")
     parser.add_argument("--redis-keys", type=int, default=1_000_000)
     parser.add_argument("--redis-requests", type=int, default=200_000)
     parser.add_argument("--disk-dir", default="/var/tmp", help="where the disk-backed setups live")
     parser.add_argument("--out", default=str(REPO / "target" / "bench"), help="where results go")
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/PERFORMANCE.md")
+    parser.add_argument("--backings", default="tmpfs,disk", help="which of tmpfs,disk to run")
+    parser.add_argument("--skip-redis", action="store_true", help="run the fio workloads only")
     args = parser.parse_args()
+    backings = args.backings.split(",")
+    if args.no_docs is False and (backings != ["tmpfs", "disk"] or args.skip_redis):
+        parser.error("a partial run cannot update docs/PERFORMANCE.md; add --no-docs")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results, rss = [], {}
-    for label in ["tmpfs", "disk"]:
+    for label in backings:
         base = Path(tempfile.mkdtemp(prefix=f"xtsfs-bench-{label}-", dir=args.disk_dir if label == "disk" else "/tmp"))
         if label == "tmpfs":
             sh("mount", "-t", "tmpfs", "-o", "size=4g", "tmpfs", base)
@@ -247,9 +262,10 @@ def main():
         try:
             setups = Setups(base, env)
             print(f"== {label}: fio", flush=True)
-            rss[label] = run_fio(setups, args.size, args.runtime, results, label)
-            print(f"== {label}: redis", flush=True)
-            run_redis(setups, args.redis_keys, args.redis_requests, results, label)
+            rss[label] = run_fio(setups, args.size, args.runtime, args.repeat, results, label)
+            if not args.skip_redis:
+                print(f"== {label}: redis", flush=True)
+                run_redis(setups, args.redis_keys, args.redis_requests, results, label)
         finally:
             if setups:
                 setups.close()
@@ -259,7 +275,8 @@ def main():
 
     markdown, ratios = table(results)
     chart(ratios, out / "ratios.png")
-    summary = (f"Machine: {machine()}\n\nfio: {args.size} file, {args.runtime} s time-based runs, psync, one job; "
+    summary = (f"Machine: {machine()}\n\nfio: {args.size} file, {args.runtime} s time-based runs, psync, one job, "
+               f"median of {args.repeat} rounds; "
                f"Redis: redis-benchmark -t set -n {args.redis_requests} -c 50, {args.redis_keys} keys for BGSAVE/restart.\n\n"
                f"{markdown}\n\nPeak RSS of the xtsfs daemon during the fio runs: "
                + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in rss.items()) + "\n")
