@@ -70,7 +70,7 @@ impl Contents<'_> {
         let last = (end - 1) / UNIT;
         let run = first * UNIT..new_len.min((last + 1) * UNIT);
         if grows_tail {
-            self.reserve(len / UNIT * UNIT..(len / UNIT + 1) * UNIT)?;
+            self.reserve(unit_range(len / UNIT, new_len))?;
         }
         if new_len > len {
             self.reserve(run.clone())?;
@@ -86,7 +86,7 @@ impl Contents<'_> {
             }
             // Only the first and last units can be partly covered and need their old bytes.
             for unit in edge_units(first, last) {
-                let unit_range = unit * UNIT..new_len.min((unit + 1) * UNIT);
+                let unit_range = unit_range(unit, new_len);
                 if offset > unit_range.start || end < unit_range.end {
                     let at = ((unit - first) * UNIT) as usize;
                     let old = self.read_unit(unit, len)?;
@@ -138,19 +138,17 @@ impl Contents<'_> {
 
     fn grow(&self, len: u64, new_len: u64) -> io::Result<()> {
         let last = new_len / UNIT;
-        // A new last unit too short to be a hole is written as encrypted zeros.
-        let short_last = (1..BLOCK as u64).contains(&(new_len % UNIT)) && len <= last * UNIT;
-        if !len.is_multiple_of(UNIT) {
-            self.reserve(len / UNIT * UNIT..new_len.min((len / UNIT + 1) * UNIT))?;
+        // The old partial last unit grows; a new last unit too short to be a hole is
+        // written as encrypted zeros. Space for both is reserved before either is written.
+        let old_tail = (!len.is_multiple_of(UNIT)).then_some(len / UNIT);
+        let short_last =
+            ((1..BLOCK as u64).contains(&(new_len % UNIT)) && len <= last * UNIT).then_some(last);
+        let rewritten = || old_tail.into_iter().chain(short_last);
+        for unit in rewritten() {
+            self.reserve(unit_range(unit, new_len))?;
         }
-        if short_last {
-            self.reserve(last * UNIT..new_len)?;
-        }
-        if !len.is_multiple_of(UNIT) {
-            self.reencrypt_unit(len / UNIT, len, new_len, None)?;
-        }
-        if short_last {
-            self.reencrypt_unit(last, len, new_len, None)?;
+        for unit in rewritten() {
+            self.reencrypt_unit(unit, len, new_len, None)?;
         }
         self.file.set_len(HEADER + new_len)
     }
@@ -217,7 +215,7 @@ impl Contents<'_> {
             )?;
         }
         for unit in edge_units(range.start / UNIT, (range.end - 1) / UNIT) {
-            let unit_range = unit * UNIT..len.min((unit + 1) * UNIT);
+            let unit_range = unit_range(unit, len);
             let covered = unit_range.start.max(range.start)..unit_range.end.min(range.end);
             if covered.start >= covered.end
                 || (whole.start <= covered.start && covered.end <= whole.end)
@@ -306,6 +304,11 @@ fn with_run_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
         cell.replace(buf);
         result
     })
+}
+
+/// The plaintext bytes of `unit` in a file of length `len`.
+fn unit_range(unit: u64, len: u64) -> Range<u64> {
+    unit * UNIT..len.min((unit + 1) * UNIT)
 }
 
 /// The first and last unit of a run, once each.
