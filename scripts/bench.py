@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: the backing dir itself, xtsfs and gocryptfs, each on a tmpfs
-and on a disk-backed directory, with fio and Redis workloads. Writes a markdown table and
+and on a disk-backed directory, with fio and Redis workloads. fio also runs on the FUSE
+floor (examples/fuse_floor.rs), a FUSE file system that does no work, connected exactly as
+xtsfs is: the fastest any FUSE file system can be here. Writes a markdown table and
 a PNG chart of the ratios, and records the result in docs/PERFORMANCE.md.
 
 Run through scripts/bench.sh (it builds xtsfs and installs what this needs)."""
@@ -22,7 +24,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 XTSFS = REPO / "target" / "release" / "xtsfs"
-SETUPS = ["backing", "xtsfs", "gocryptfs"]
+FUSE_FLOOR = REPO / "target" / "release" / "examples" / "fuse_floor"
+SETUPS = ["backing", "floor", "xtsfs", "gocryptfs"]
+# The floor keeps no data, so it cannot run Redis.
+REDIS_SETUPS = ["backing", "xtsfs", "gocryptfs"]
 
 
 def sh(*args, check=True, **kw):
@@ -35,7 +40,7 @@ def drop_caches():
 
 
 class Setups:
-    """Mounts the three setups under one base directory."""
+    """Mounts the setups under one base directory."""
 
     def __init__(self, base: Path, env: dict):
         self.base, self.env = base, env
@@ -54,6 +59,15 @@ class Setups:
         sh("gocryptfs", "-q", "-init", "-passfile", pw, gb)
         sh("gocryptfs", "-q", "-passfile", pw, gb, gm)
         self.dirs["gocryptfs"] = gm
+        fm = base / "floor-mnt"
+        fm.mkdir()
+        self.floor = subprocess.Popen([FUSE_FLOOR, fm], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while not os.path.ismount(fm):
+            if self.floor.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"fuse_floor did not mount: {self.floor.stderr.read() if self.floor.poll() is not None else 'timeout'}")
+            time.sleep(0.05)
+        self.dirs["floor"] = fm
 
     def xtsfs_pid(self):
         status = json.loads(sh(XTSFS, "status", "--json", self.dirs["xtsfs"], env=self.env).stdout)
@@ -62,6 +76,9 @@ class Setups:
     def close(self):
         sh(XTSFS, "unmount", self.dirs["xtsfs"], env=self.env, check=False)
         sh("fusermount3", "-u", self.dirs["gocryptfs"], check=False)
+        if "floor" in self.dirs:
+            sh("umount", self.dirs["floor"], check=False)
+            self.floor.wait(timeout=10)
 
 
 FIO_WORKLOADS = [
@@ -86,7 +103,7 @@ def fio(directory: Path, args, size, runtime, filename="bench.dat"):
 
 def run_fio(setups: Setups, size, runtime, repeat, results, label):
     """Each workload runs `repeat` times, the setups taking turns within each round so that
-    a noisy neighbour slows all three alike; the median of the rounds is reported."""
+    a noisy neighbour slows all of them alike; the median of the rounds is reported."""
     pid = setups.xtsfs_pid()
     for name, unit, args, cold in FIO_WORKLOADS:
         values = {setup: [] for setup in SETUPS}
@@ -149,7 +166,7 @@ class Redis:
 
 
 def run_redis(setups: Setups, keys, requests, results, label):
-    for setup in SETUPS:
+    for setup in REDIS_SETUPS:
         directory = setups.dirs[setup] / "redis"
         directory.mkdir()
         redis = Redis(directory)
@@ -181,8 +198,8 @@ def run_redis(setups: Setups, keys, requests, results, label):
 
 
 def table(results):
-    rows = ["| backing | workload | unit | backing dir | xtsfs | gocryptfs | xtsfs / gocryptfs | xtsfs / backing |",
-            "|---|---|---|---:|---:|---:|---:|---:|"]
+    rows = ["| backing | workload | unit | backing dir | FUSE floor | xtsfs | gocryptfs | xtsfs / gocryptfs | xtsfs / floor | xtsfs / backing |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     ratios = []
     keys = []
     for r in results:
@@ -193,10 +210,12 @@ def table(results):
         v = {r["setup"]: r["value"] for r in results if (r["backing"], r["workload"]) == (label, workload)}
         better = (lambda a, b: b / a) if unit == "s" else (lambda a, b: a / b)
         vs_g, vs_b = better(v["xtsfs"], v["gocryptfs"]), better(v["xtsfs"], v["backing"])
-        ratios.append((f"{label}: {workload}", vs_g, vs_b))
+        vs_f = better(v["xtsfs"], v["floor"]) if "floor" in v else None
+        ratios.append((f"{label}: {workload}", vs_g, vs_f, vs_b))
         fmt = "{:.3f}" if unit == "s" else "{:.0f}"
-        rows.append(f"| {label} | {workload} | {unit} | {fmt.format(v['backing'])} | {fmt.format(v['xtsfs'])} | "
-                    f"{fmt.format(v['gocryptfs'])} | {vs_g:.2f}x | {vs_b:.2f}x |")
+        floor, vs_floor = (fmt.format(v["floor"]), f"{vs_f:.2f}x") if vs_f else ("-", "-")
+        rows.append(f"| {label} | {workload} | {unit} | {fmt.format(v['backing'])} | {floor} | {fmt.format(v['xtsfs'])} | "
+                    f"{fmt.format(v['gocryptfs'])} | {vs_g:.2f}x | {vs_floor} | {vs_b:.2f}x |")
     return "\n".join(rows), ratios
 
 
@@ -207,15 +226,16 @@ def chart(ratios, path: Path):
     labels = [r[0] for r in ratios]
     fig, ax = plt.subplots(figsize=(11, 0.42 * len(labels) + 1.5))
     y = range(len(labels))
-    ax.barh([i + 0.2 for i in y], [r[1] for r in ratios], height=0.4, label="xtsfs / gocryptfs")
-    ax.barh([i - 0.2 for i in y], [r[2] for r in ratios], height=0.4, label="xtsfs / backing dir")
+    ax.barh([i - 0.27 for i in y], [r[1] for r in ratios], height=0.27, label="xtsfs / gocryptfs")
+    ax.barh([i for i in y], [r[2] or 0 for r in ratios], height=0.27, label="xtsfs / FUSE floor (fio only)")
+    ax.barh([i + 0.27 for i in y], [r[3] for r in ratios], height=0.27, label="xtsfs / backing dir")
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(list(y))
     ax.set_yticklabels(labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("ratio (higher is better for xtsfs)")
     ax.legend(loc="lower right")
-    ax.set_title("xtsfs relative to gocryptfs and to the bare backing directory")
+    ax.set_title("xtsfs relative to gocryptfs, to a FUSE file system doing no work, and to the bare backing directory")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks xtsfs against the bare backing directory and gocryptfs (fio + Redis), then
+# Benchmarks xtsfs against the bare backing directory, gocryptfs and a FUSE file system
+# that does no work (fio + Redis), then
 # the XTS core against OpenSSL. Needs root (mounts, drop_caches). Options go to bench.py,
 # e.g. scripts/bench.sh --runtime 3 --size 128M --redis-keys 200000 --no-docs
 set -euo pipefail
@@ -7,6 +8,6 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench.sh needs root (it mounts and drops caches)" >&2; exit 1; }
 scripts/setup.sh
 python3 -c 'import matplotlib' 2>/dev/null || pip install --quiet matplotlib
-cargo build --release --locked
+cargo build --release --locked --bin xtsfs --example fuse_floor
 python3 scripts/bench.py "$@"
 scripts/bench-xts.sh

@@ -109,7 +109,7 @@ enum Sub {
         #[arg(long)]
         key: Option<String>,
         /// FUSE request threads.
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        #[arg(long, default_value_t = crate::mount::DEFAULT_THREADS, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: u16,
         /// Where the background daemon logs (default: nowhere).
         #[arg(long)]

@@ -31,6 +31,8 @@ const READY_FD_ENV: &str = "XTSFS_READY_FD";
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// Readahead window for the mount, matching the largest request the daemon accepts.
 const READAHEAD_KIB: u32 = 1024;
+/// FUSE request threads unless `--threads` says otherwise.
+pub const DEFAULT_THREADS: u16 = 4;
 
 #[derive(Debug, Clone)]
 pub struct MountConfig {
@@ -568,7 +570,7 @@ fn open_tree(backing: &Path) -> Result<OwnedFd, Error> {
 /// for FUSE starts at 128 KiB and which the FUSE handshake can only lower. Raising it to the
 /// 1 MiB requests xtsfs accepts cuts the round trips of a large read to an eighth. Best
 /// effort: it needs root and sysfs.
-fn raise_readahead(mountpoint: &Path) {
+pub fn raise_readahead(mountpoint: &Path) {
     let Ok(meta) = std::fs::metadata(mountpoint) else {
         return;
     };

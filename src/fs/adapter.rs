@@ -73,16 +73,22 @@ fn fopen_flags(opened: &Opened) -> FopenFlags {
     }
 }
 
+/// The connection settings xtsfs asks the kernel for at the FUSE handshake. Public so
+/// the benchmark's do-nothing FUSE file system (examples/fuse_floor.rs) runs with the same.
+pub fn negotiate(config: &mut KernelConfig) {
+    let _ = config.set_max_write(MAX_WRITE);
+    let _ = config.set_max_readahead(MAX_WRITE);
+    let wanted = InitFlags::FUSE_DO_READDIRPLUS
+        | InitFlags::FUSE_READDIRPLUS_AUTO
+        | InitFlags::FUSE_ATOMIC_O_TRUNC
+        | InitFlags::FUSE_PARALLEL_DIROPS
+        | InitFlags::FUSE_ASYNC_DIO;
+    let _ = config.add_capabilities(wanted & config.capabilities());
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_write(MAX_WRITE);
-        let _ = config.set_max_readahead(MAX_WRITE);
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_ATOMIC_O_TRUNC
-            | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_ASYNC_DIO;
-        let _ = config.add_capabilities(wanted & config.capabilities());
+        negotiate(config);
         Ok(())
     }
 
