@@ -25,9 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 XTSFS = REPO / "target" / "release" / "xtsfs"
 FUSE_FLOOR = REPO / "target" / "release" / "examples" / "fuse_floor"
-SETUPS = ["backing", "floor", "xtsfs", "gocryptfs"]
+SETUPS = ["backing", "floor", "xtsfs", "xtsfs-direct", "gocryptfs"]
 # The floor keeps no data, so it cannot run Redis.
-REDIS_SETUPS = ["backing", "xtsfs", "gocryptfs"]
+REDIS_SETUPS = ["backing", "xtsfs", "xtsfs-direct", "gocryptfs"]
 
 
 def sh(*args, check=True, **kw):
@@ -46,11 +46,12 @@ class Setups:
         self.base, self.env = base, env
         self.dirs = {"backing": base / "plain"}
         self.dirs["backing"].mkdir()
-        xb, xm = base / "xtsfs-backing", base / "xtsfs-mnt"
-        xm.mkdir()
-        sh(XTSFS, "init", xb, env=env)
-        sh(XTSFS, "mount", xb, xm, env=env)
-        self.dirs["xtsfs"] = xm
+        for setup, mount_args in [("xtsfs", []), ("xtsfs-direct", ["--direct-io"])]:
+            xb, xm = base / f"{setup}-backing", base / f"{setup}-mnt"
+            xm.mkdir()
+            sh(XTSFS, "init", xb, env=env)
+            sh(XTSFS, "mount", xb, xm, *mount_args, env=env)
+            self.dirs[setup] = xm
         gb, gm = base / "gocryptfs-backing", base / "gocryptfs-mnt"
         gb.mkdir()
         gm.mkdir()
@@ -69,12 +70,13 @@ class Setups:
             time.sleep(0.05)
         self.dirs["floor"] = fm
 
-    def xtsfs_pid(self):
-        status = json.loads(sh(XTSFS, "status", "--json", self.dirs["xtsfs"], env=self.env).stdout)
+    def xtsfs_pid(self, setup):
+        status = json.loads(sh(XTSFS, "status", "--json", self.dirs[setup], env=self.env).stdout)
         return status["live"]["pid"]
 
     def close(self):
-        sh(XTSFS, "unmount", self.dirs["xtsfs"], env=self.env, check=False)
+        for setup in ["xtsfs", "xtsfs-direct"]:
+            sh(XTSFS, "unmount", self.dirs[setup], env=self.env, check=False)
         sh("fusermount3", "-u", self.dirs["gocryptfs"], check=False)
         if "floor" in self.dirs:
             sh("umount", self.dirs["floor"], check=False)
@@ -104,7 +106,7 @@ def fio(directory: Path, args, size, runtime, filename="bench.dat"):
 def run_fio(setups: Setups, size, runtime, repeat, results, label):
     """Each workload runs `repeat` times, the setups taking turns within each round so that
     a noisy neighbour slows all of them alike; the median of the rounds is reported."""
-    pid = setups.xtsfs_pid()
+    pid = setups.xtsfs_pid("xtsfs")
     for name, unit, args, cold in FIO_WORKLOADS:
         values = {setup: [] for setup in SETUPS}
         for _ in range(repeat):
@@ -198,8 +200,9 @@ def run_redis(setups: Setups, keys, requests, results, label):
 
 
 def table(results):
-    rows = ["| backing | workload | unit | backing dir | FUSE floor | xtsfs | gocryptfs | xtsfs / gocryptfs | xtsfs / floor | xtsfs / backing |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| backing | workload | unit | backing dir | FUSE floor | xtsfs | xtsfs --direct-io | gocryptfs "
+            "| xtsfs / gocryptfs | --direct-io / gocryptfs | xtsfs / floor | xtsfs / backing |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     ratios = []
     keys = []
     for r in results:
@@ -210,12 +213,14 @@ def table(results):
         v = {r["setup"]: r["value"] for r in results if (r["backing"], r["workload"]) == (label, workload)}
         better = (lambda a, b: b / a) if unit == "s" else (lambda a, b: a / b)
         vs_g, vs_b = better(v["xtsfs"], v["gocryptfs"]), better(v["xtsfs"], v["backing"])
+        direct_vs_g = better(v["xtsfs-direct"], v["gocryptfs"])
         vs_f = better(v["xtsfs"], v["floor"]) if "floor" in v else None
-        ratios.append((f"{label}: {workload}", vs_g, vs_f, vs_b))
+        ratios.append((f"{label}: {workload}", vs_g, direct_vs_g, vs_b))
         fmt = "{:.3f}" if unit == "s" else "{:.0f}"
         floor, vs_floor = (fmt.format(v["floor"]), f"{vs_f:.2f}x") if vs_f else ("-", "-")
         rows.append(f"| {label} | {workload} | {unit} | {fmt.format(v['backing'])} | {floor} | {fmt.format(v['xtsfs'])} | "
-                    f"{fmt.format(v['gocryptfs'])} | {vs_g:.2f}x | {vs_floor} | {vs_b:.2f}x |")
+                    f"{fmt.format(v['xtsfs-direct'])} | {fmt.format(v['gocryptfs'])} | {vs_g:.2f}x | {direct_vs_g:.2f}x | "
+                    f"{vs_floor} | {vs_b:.2f}x |")
     return "\n".join(rows), ratios
 
 
@@ -227,7 +232,7 @@ def chart(ratios, path: Path):
     fig, ax = plt.subplots(figsize=(11, 0.42 * len(labels) + 1.5))
     y = range(len(labels))
     ax.barh([i - 0.27 for i in y], [r[1] for r in ratios], height=0.27, label="xtsfs / gocryptfs")
-    ax.barh([i for i in y], [r[2] or 0 for r in ratios], height=0.27, label="xtsfs / FUSE floor (fio only)")
+    ax.barh([i for i in y], [r[2] for r in ratios], height=0.27, label="xtsfs --direct-io / gocryptfs")
     ax.barh([i + 0.27 for i in y], [r[3] for r in ratios], height=0.27, label="xtsfs / backing dir")
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(list(y))
@@ -235,7 +240,7 @@ def chart(ratios, path: Path):
     ax.invert_yaxis()
     ax.set_xlabel("ratio (higher is better for xtsfs)")
     ax.legend(loc="lower right")
-    ax.set_title("xtsfs relative to gocryptfs, to a FUSE file system doing no work, and to the bare backing directory")
+    ax.set_title("xtsfs (default and --direct-io) relative to gocryptfs and to the bare backing directory")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -123,6 +123,11 @@ enum Sub {
         /// Random in-memory key, no header; BACKING must be empty and is emptied at unmount.
         #[arg(long, conflicts_with = "key")]
         ephemeral: bool,
+        /// Bypass the kernel page cache for every open file: large and random I/O run
+        /// faster, small sequential and repeated reads slower (docs/PERFORMANCE.md).
+        /// Without it, only write-only and O_DIRECT opens bypass it.
+        #[arg(long)]
+        direct_io: bool,
     },
     /// Unmount a volume, waiting until its daemon has finished.
     Unmount {
@@ -208,6 +213,7 @@ impl Opts {
                 key_check_interval,
                 on_key_loss,
                 ephemeral,
+                direct_io,
             } => Command::Mount(MountConfig {
                 backing,
                 mountpoint,
@@ -224,6 +230,7 @@ impl Opts {
                     KeyLossArg::Alert => OnKeyLoss::Alert,
                 },
                 ephemeral,
+                direct_io,
             }),
             Sub::Unmount { mountpoint, lazy } => {
                 Command::Unmount(UnmountConfig { mountpoint, lazy })

@@ -49,6 +49,8 @@ pub struct MountConfig {
     pub on_key_loss: OnKeyLoss,
     /// A volume with a random in-memory key and no header, removed at unmount.
     pub ephemeral: bool,
+    /// Every open file bypasses the kernel page cache.
+    pub direct_io: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -251,6 +253,7 @@ fn start(config: &MountConfig, settings: &Settings) -> Result<Running, Error> {
             Arc::new(Keyring::new(unlocked.secrets)),
             FsOptions {
                 read_only: config.read_only,
+                direct_io: config.direct_io,
             },
         )
         .map_err(Error::io("cannot open", backing.join(TREE_DIR)))?,

@@ -2015,9 +2015,59 @@ fn o_direct_round_trips_and_buffered_reads_see_it() {
 }
 
 #[test]
+fn write_only_handles_bypass_the_page_cache_and_readers_see_their_writes() {
+    let env = TestEnv::new();
+    let m = env.mounted(&[]);
+    let path = m.path("written");
+    fs::write(&path, data(1, 6 * UNIT)).unwrap();
+    // A reader with the file in the page cache, then a write-only (direct) writer.
+    let reader = File::open(&path).unwrap();
+    assert_eq!(read_at(&reader, 0, 6 * UNIT), data(1, 6 * UNIT));
+    let writer = OpenOptions::new().write(true).open(&path).unwrap();
+    writer.write_all_at(&data(2, 2 * UNIT), UNIT + 100).unwrap();
+    writer.write_all_at(b"tail", 7 * UNIT).unwrap();
+    let mut expected = data(1, 6 * UNIT);
+    expected[UNIT as usize + 100..3 * UNIT as usize + 100].copy_from_slice(&data(2, 2 * UNIT));
+    expected.resize(7 * UNIT as usize, 0);
+    expected.extend_from_slice(b"tail");
+    assert_eq!(
+        Bytes(read_at(&reader, 0, 8 * UNIT)),
+        Bytes(expected.clone())
+    );
+    assert_eq!(contents(&path), Ok(Bytes(expected)));
+}
+
+#[test]
 fn mmap_shared_reads_and_writes_reach_the_file() {
+    mmap_shared_round_trip(&[]);
+}
+
+#[test]
+fn direct_io_mount_serves_large_io_and_shared_mmap() {
     let env = TestEnv::new();
     let mut m = env.mounted(&[]);
+    m.unmount_settled();
+    m.mount(&["--direct-io"]);
+    let path = m.path("large");
+    let expected = data(3, 3 * 1024 * 1024 + 123);
+    fs::write(&path, &expected).unwrap();
+    assert_eq!(contents(&path), Ok(Bytes(expected.clone())));
+    let file = File::open(&path).unwrap();
+    assert_eq!(
+        Bytes(read_at(&file, 1_000_000, 2 * UNIT)),
+        Bytes(expected[1_000_000..1_000_000 + 2 * UNIT as usize].to_vec())
+    );
+    drop(m);
+    mmap_shared_round_trip(&["--direct-io"]);
+}
+
+fn mmap_shared_round_trip(mount_args: &[&str]) {
+    let env = TestEnv::new();
+    let mut m = env.mounted(&[]);
+    if !mount_args.is_empty() {
+        m.unmount_settled();
+        m.mount(mount_args);
+    }
     let path = m.path("mapped");
     let len = 10_000;
     let mut expected = data(1, len as u64);

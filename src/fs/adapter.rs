@@ -82,7 +82,9 @@ pub fn negotiate(config: &mut KernelConfig) {
         | InitFlags::FUSE_READDIRPLUS_AUTO
         | InitFlags::FUSE_ATOMIC_O_TRUNC
         | InitFlags::FUSE_PARALLEL_DIROPS
-        | InitFlags::FUSE_ASYNC_DIO;
+        | InitFlags::FUSE_ASYNC_DIO
+        // Shared mmap of a file opened with --direct-io.
+        | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
     let _ = config.add_capabilities(wanted & config.capabilities());
 }
 

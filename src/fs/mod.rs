@@ -31,6 +31,8 @@ pub use keyring::{Keyring, VolumeSecrets};
 #[derive(Debug, Clone)]
 pub struct FsOptions {
     pub read_only: bool,
+    /// Every handle bypasses the kernel page cache, not only write-only and O_DIRECT ones.
+    pub direct_io: bool,
 }
 
 pub struct XtsFs {
@@ -340,9 +342,14 @@ impl XtsFs {
         })?;
         let file = created.ok_or(Errno::EIO)?;
         let node = self.inodes.get(entry.attr.ino.0)?;
-        let direct_io = flags & libc::O_DIRECT != 0;
         let fh = self.handles.insert(Handle::for_file(node, file, true));
-        Ok((entry, Opened { fh, direct_io }))
+        Ok((
+            entry,
+            Opened {
+                fh,
+                direct_io: self.bypasses_page_cache(flags),
+            },
+        ))
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
@@ -419,7 +426,7 @@ impl XtsFs {
         if trunc {
             self.truncate(&node, &file, 0, &secrets)?;
         }
-        let direct_io = flags & libc::O_DIRECT != 0;
+        let direct_io = self.bypasses_page_cache(flags);
         Ok(Opened {
             fh: self.handles.insert(Handle::for_file(node, file, write)),
             direct_io,
@@ -482,6 +489,14 @@ impl XtsFs {
         .write(offset, data, len)
         .map_err(Errno::from)?;
         Ok(written)
+    }
+
+    /// Whether a handle opened with `flags` bypasses the kernel page cache. A write-only
+    /// handle does by default: in the page cache its writes would be copied once more, into
+    /// pages nobody reads through it (a Redis AOF or RDB file being written), and every
+    /// write reaches the daemon anyway, as there is no writeback cache.
+    fn bypasses_page_cache(&self, flags: i32) -> bool {
+        self.options.direct_io || flags & libc::O_DIRECT != 0 || flags & O_ACCMODE == libc::O_WRONLY
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<(), Errno> {
