@@ -59,6 +59,13 @@ fn attr(ino: u64, size: u64) -> FileAttr {
     }
 }
 
+fn reply_attr(reply: ReplyAttr, attr: Result<FileAttr, Errno>) {
+    match attr {
+        Ok(attr) => reply.attr(&TTL, &attr),
+        Err(e) => reply.error(e),
+    }
+}
+
 impl Floor {
     fn files(&self) -> std::sync::MutexGuard<'_, Files> {
         self.files
@@ -92,10 +99,7 @@ impl Filesystem for Floor {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.attr_of(ino.0) {
-            Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(e),
-        }
+        reply_attr(reply, self.attr_of(ino.0));
     }
 
     fn setattr(
@@ -119,10 +123,7 @@ impl Filesystem for Floor {
         if let (Some(size), Some(current)) = (size, self.files().sizes.get_mut(&ino.0)) {
             *current = size;
         }
-        match self.attr_of(ino.0) {
-            Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(e),
-        }
+        reply_attr(reply, self.attr_of(ino.0));
     }
 
     fn create(
