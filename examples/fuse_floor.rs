@@ -26,7 +26,7 @@ static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 struct Files {
     names: HashMap<OsString, u64>,
     sizes: HashMap<u64, u64>,
-    next_ino: u64,
+    created: u64,
 }
 
 #[derive(Default)]
@@ -141,8 +141,8 @@ impl Filesystem for Floor {
         }
         let ino = {
             let mut files = self.files();
-            files.next_ino = files.next_ino.max(ROOT) + 1;
-            let ino = files.next_ino;
+            files.created += 1;
+            let ino = ROOT + files.created;
             files.names.insert(name.to_owned(), ino);
             files.sizes.insert(ino, 0);
             ino

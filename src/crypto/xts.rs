@@ -112,12 +112,12 @@ impl Xts256 {
     }
 
     fn one_block(&self, block: &mut aes::Block, tweak: u128, dir: Direction) {
-        xor_tweak(block, tweak);
+        xor_tweak(block.as_mut(), tweak);
         match dir {
             Direction::Encrypt => self.data.encrypt_block(block),
             Direction::Decrypt => self.data.decrypt_block(block),
         }
-        xor_tweak(block, tweak);
+        xor_tweak(block.as_mut(), tweak);
     }
 
     /// A unit of 1..=15 bytes: XOR with AES-K1(T ^ L(n)), L(n) = n in the last byte.
@@ -140,13 +140,12 @@ enum Direction {
 
 fn xor_tweaks(blocks: &mut [[u8; BLOCK]], tweaks: &[u128]) {
     for (block, tweak) in blocks.iter_mut().zip(tweaks) {
-        *block = (u128::from_le_bytes(*block) ^ tweak).to_le_bytes();
+        xor_tweak(block, *tweak);
     }
 }
 
-fn xor_tweak(block: &mut aes::Block, tweak: u128) {
-    let value = u128::from_le_bytes((*block).into()) ^ tweak;
-    *block = Array::from(value.to_le_bytes());
+fn xor_tweak(block: &mut [u8; BLOCK], tweak: u128) {
+    *block = (u128::from_le_bytes(*block) ^ tweak).to_le_bytes();
 }
 
 /// Multiplication by the primitive element α in GF(2^128), little-endian (IEEE 1619).
@@ -187,13 +186,13 @@ fn fill_tweaks_and_xor(first: u128, tweaks: &mut [u128], blocks: &mut [[u8; BLOC
     let mut t = first;
     for (slot, block) in tweaks.iter_mut().zip(blocks.iter_mut()).take(TWEAK_CHAINS) {
         *slot = t;
-        *block = (u128::from_le_bytes(*block) ^ t).to_le_bytes();
+        xor_tweak(block, t);
         t = mul_alpha(t);
     }
     for j in TWEAK_CHAINS..tweaks.len() {
         let t = mul_alpha8(tweaks[j - TWEAK_CHAINS]);
         tweaks[j] = t;
-        blocks[j] = (u128::from_le_bytes(blocks[j]) ^ t).to_le_bytes();
+        xor_tweak(&mut blocks[j], t);
     }
     match tweaks.len().checked_sub(TWEAK_CHAINS) {
         Some(back) => mul_alpha8(tweaks[back]),

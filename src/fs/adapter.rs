@@ -22,11 +22,6 @@ const TTL: Duration = Duration::from_secs(1);
 /// Largest write the kernel sends in one request.
 const MAX_WRITE: u32 = 1 << 20;
 
-thread_local! {
-    /// Each FUSE thread's read buffer, reused across requests.
-    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 pub struct FuseAdapter {
     fs: Arc<XtsFs>,
 }
@@ -246,12 +241,9 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        READ_BUFFER.with(|cell| {
-            let mut buf = cell.borrow_mut();
-            match self.fs.read(fh.0, offset, size, &mut buf) {
-                Ok(range) => reply.data(&buf[range]),
-                Err(e) => reply.error(e),
-            }
+        crate::fs::contents::with_thread_buffer(|buf| match self.fs.read(fh.0, offset, size, buf) {
+            Ok(range) => reply.data(&buf[range]),
+            Err(e) => reply.error(e),
         })
     }
 

@@ -78,7 +78,11 @@ impl Contents<'_> {
         if grows_tail {
             self.reencrypt_unit(len / UNIT, len, new_len, None)?;
         }
-        let written = with_run_buffer((run.end - run.start) as usize, |buf| {
+        let written = with_thread_buffer(|buf| {
+            if buf.len() < (run.end - run.start) as usize {
+                buf.resize((run.end - run.start) as usize, 0);
+            }
+            let buf = &mut buf[..(run.end - run.start) as usize];
             // A reused buffer holds an earlier request's bytes: anything this write does not
             // cover (gaps, edges) must start as zeros.
             if offset != run.start || end != run.end {
@@ -89,8 +93,7 @@ impl Contents<'_> {
                 let unit_range = unit_range(unit, new_len);
                 if offset > unit_range.start || end < unit_range.end {
                     let at = ((unit - first) * UNIT) as usize;
-                    let old = self.read_unit(unit, len)?;
-                    buf[at..at + old.len()].copy_from_slice(&old);
+                    self.read_unit_into(unit, len, &mut buf[at..])?;
                 }
             }
             let at = (offset - run.start) as usize;
@@ -251,14 +254,22 @@ impl Contents<'_> {
 
     /// The plaintext of one unit of a file of length `len` (empty past the end).
     fn read_unit(&self, unit: u64, len: u64) -> io::Result<Vec<u8>> {
-        let start = unit * UNIT;
-        if start >= len {
-            return Ok(Vec::new());
-        }
-        let mut buf = vec![0u8; (len.min(start + UNIT) - start) as usize];
-        read_full(self.file, &mut buf, HEADER + start)?;
-        self.decrypt_run(unit, &mut buf)?;
+        let mut buf = vec![0u8; unit_len(unit, len)];
+        self.read_unit_into(unit, len, &mut buf)?;
         Ok(buf)
+    }
+
+    /// Decrypts one unit of a file of length `len` into the start of `out`, which must
+    /// hold it; leaves `out` alone past the end of the file.
+    fn read_unit_into(&self, unit: u64, len: u64, out: &mut [u8]) -> io::Result<()> {
+        let Some(out) = out.get_mut(..unit_len(unit, len)) else {
+            return Err(io::Error::other("unit buffer too short"));
+        };
+        if out.is_empty() {
+            return Ok(());
+        }
+        read_full(self.file, out, HEADER + unit * UNIT)?;
+        self.decrypt_run(unit, out)
     }
 
     fn decrypt_run(&self, first: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -288,19 +299,17 @@ fn fits(len: u64) -> bool {
 }
 
 thread_local! {
-    /// Each FUSE thread's buffer for a write's run of units, reused so a 1 MiB write does
-    /// not allocate and page-fault in a fresh buffer every time.
-    static RUN_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static THREAD_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` over this thread's run buffer, `len` bytes long, with unspecified contents.
-fn with_run_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-    RUN_BUFFER.with(|cell| {
+/// Runs `f` over this thread's buffer for a run of units, which holds an earlier request's
+/// bytes. A FUSE thread serves one read or write at a time, so one buffer per thread
+/// serves both, and a 1 MiB request does not allocate and page-fault in a fresh one.
+pub fn with_thread_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    THREAD_BUFFER.with(|cell| {
+        // Taken out, not borrowed: a nested call gets an empty buffer instead of a panic.
         let mut buf = cell.take();
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        let result = f(&mut buf[..len]);
+        let result = f(&mut buf);
         cell.replace(buf);
         result
     })
@@ -309,6 +318,12 @@ fn with_run_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
 /// The plaintext bytes of `unit` in a file of length `len`.
 fn unit_range(unit: u64, len: u64) -> Range<u64> {
     unit * UNIT..len.min((unit + 1) * UNIT)
+}
+
+/// How many plaintext bytes `unit` holds in a file of length `len` (0 past the end).
+fn unit_len(unit: u64, len: u64) -> usize {
+    let range = unit_range(unit, len);
+    range.end.saturating_sub(range.start) as usize
 }
 
 /// The first and last unit of a run, once each.
