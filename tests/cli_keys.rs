@@ -13,12 +13,6 @@ use xtsfs::volume::{self, HEADER_FILE, TREE_DIR};
 
 use common::{assert_error, assert_exit, mode, path_str, pem_ref, set_mode, stdout, TestEnv};
 
-fn status_json(env: &TestEnv, backing: &Path) -> Value {
-    let output = env.xtsfs(&["status", "--json", path_str(backing)]);
-    assert_exit(&output, 0);
-    serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
-}
-
 /// Every file under `dir` and its bytes, keyed by relative path.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     fn walk(root: &Path, dir: &Path, files: &mut BTreeMap<PathBuf, Vec<u8>>) {
@@ -68,7 +62,7 @@ fn status_json_reports_the_format_and_the_protector() {
     assert_exit(&env.xtsfs(&["init", path_str(&backing)]), 0);
     let (header, _) = volume::read_header(&backing).unwrap();
 
-    let status = status_json(&env, &backing);
+    let status = env.status_json(&backing);
     assert_eq!(status["volume_id"], header.volume_id.as_str());
     assert_eq!(status["volume_id"].as_str().unwrap().len(), 36);
     assert_eq!(status["format_version"], 1);
@@ -87,7 +81,7 @@ fn status_json_reports_the_format_and_the_protector() {
     let key = format!("pem:{}", path_str(&rsa));
     let init = ["init", path_str(&plain), "--key", &key, "--plaintext-names"];
     assert_exit(&env.xtsfs(&init), 0);
-    let status = status_json(&env, &plain);
+    let status = env.status_json(&plain);
     assert_eq!(status["names"], "plaintext");
     assert_eq!(status["protector"]["kind"], "pem");
     assert_eq!(status["protector"]["key_id"], path_str(&rsa));
@@ -109,7 +103,7 @@ fn rewrap_through_pem_keys_and_back_changes_only_the_header() {
     fs::write(tree.join("dir/nested"), common::pseudo_random_bytes(2, 33)).unwrap();
     fs::write(tree.join("empty"), b"").unwrap();
     let data = snapshot(&tree);
-    let volume_id = status_json(&env, &backing)["volume_id"].clone();
+    let volume_id = env.status_json(&backing)["volume_id"].clone();
     let dek = dek_of(&env, &backing, &common::mmk_ref("default"));
 
     let (first, second) = (
@@ -131,7 +125,7 @@ fn rewrap_through_pem_keys_and_back_changes_only_the_header() {
         assert_exit(&output, 0);
         assert_ne!(fs::read(backing.join(HEADER_FILE)).unwrap(), before);
 
-        let status = status_json(&env, &backing);
+        let status = env.status_json(&backing);
         assert_eq!(
             status["protector"]["kind"], kind,
             "after rewrap to {key_arg}"
@@ -291,12 +285,12 @@ fn platform_key_create_list_and_rotate() {
     assert_error(&env.xtsfs(&["platform-key", "rotate", "team-b"]), 3);
 
     // The volume stays on version 1 until it is rewrapped, then uses version 2.
-    assert_eq!(status_json(&env, &backing)["protector"]["key_version"], "1");
+    assert_eq!(env.status_json(&backing)["protector"]["key_version"], "1");
     assert_exit(
         &env.xtsfs(&["rewrap", path_str(&backing), "--key", "mmk:team-a"]),
         0,
     );
-    assert_eq!(status_json(&env, &backing)["protector"]["key_version"], "2");
+    assert_eq!(env.status_json(&backing)["protector"]["key_version"], "2");
 
     assert_exit(&env.xtsfs(&["platform-key", "create", "team-b"]), 0);
     assert_eq!(

@@ -248,24 +248,6 @@ fn run(program: &str, args: &[&str]) -> String {
     stdout(&output)
 }
 
-fn status_json(env: &TestEnv, backing: &Path) -> Value {
-    let output = env.xtsfs(&["status", "--json", path_str(backing)]);
-    assert_exit(&output, 0);
-    serde_json::from_str(&stdout(&output)).expect("status prints JSON")
-}
-
-/// `xtsfs ARGS` with extra environment variables.
-fn xtsfs_with_env(env: &TestEnv, vars: &[(&str, &str)], args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtsfs"))
-        .args(args)
-        .env("XTSFS_PLATFORM_KEY_DIR", env.platform_key_dir())
-        .envs(vars.iter().copied())
-        .env_remove("RUST_LOG")
-        .current_dir(env.root())
-        .output()
-        .expect("run xtsfs")
-}
-
 #[track_caller]
 fn assert_stderr_contains(output: &Output, expected: &str) {
     let err = stderr(output);
@@ -333,7 +315,7 @@ fn pkcs11_init_status_and_rewrap_through_the_cli() {
 
     let output = env.xtsfs(&["init", path_str(&backing), "--key", &uri]);
     assert_exit(&output, 0);
-    let status = status_json(&env, &backing);
+    let status = env.status_json(&backing);
     let protector = &status["protector"];
     assert_eq!(protector["kind"], "pkcs11");
     assert_eq!(protector["key_id"], "cli/kek");
@@ -350,19 +332,19 @@ fn pkcs11_init_status_and_rewrap_through_the_cli() {
         &env.xtsfs(&["rewrap", path_str(&backing), "--key", "mmk"]),
         0,
     );
-    assert_eq!(status_json(&env, &backing)["protector"]["kind"], "mmk");
+    assert_eq!(env.status_json(&backing)["protector"]["kind"], "mmk");
     assert_exit(
         &env.xtsfs(&["rewrap", path_str(&backing), "--key", &uri]),
         0,
     );
-    let status = status_json(&env, &backing);
+    let status = env.status_json(&backing);
     assert_eq!(status["protector"]["kind"], "pkcs11");
     assert_eq!(status["key_reachable"], true);
     assert_exit(
         &env.xtsfs(&["rewrap", path_str(&backing), "--key", "mmk:other"]),
         0,
     );
-    assert_eq!(status_json(&env, &backing)["protector"]["key_id"], "other");
+    assert_eq!(env.status_json(&backing)["protector"]["key_id"], "other");
 }
 
 #[test]
@@ -462,7 +444,7 @@ fn pkcs11_follows_the_newest_id_and_old_versions_still_unwrap() {
         assert_eq!(pinned.describe().unwrap().key_version, "01");
     }
     // The volume wrapped under 01 still opens, through the reference it recorded.
-    let status = status_json(&env, &backing);
+    let status = env.status_json(&backing);
     assert_eq!(status["protector"]["key_version"], "01");
     assert_eq!(status["key_reachable"], true);
 
@@ -470,10 +452,7 @@ fn pkcs11_follows_the_newest_id_and_old_versions_still_unwrap() {
         &env.xtsfs(&["rewrap", path_str(&backing), "--key", &uri]),
         0,
     );
-    assert_eq!(
-        status_json(&env, &backing)["protector"]["key_version"],
-        "02"
-    );
+    assert_eq!(env.status_json(&backing)["protector"]["key_version"], "02");
 
     // A larger id is newer even when it is longer: 0100 > 02.
     token.keypair("kek", "0100", "rsa:2048");
@@ -482,7 +461,7 @@ fn pkcs11_follows_the_newest_id_and_old_versions_still_unwrap() {
         0,
     );
     assert_eq!(
-        status_json(&env, &backing)["protector"]["key_version"],
+        env.status_json(&backing)["protector"]["key_version"],
         "0100"
     );
 }
@@ -587,7 +566,7 @@ fn command_init_status_and_rewrap_through_the_cli() {
         &env.xtsfs(&["init", path_str(&backing), "--key", &kms.key()]),
         0,
     );
-    let status = status_json(&env, &backing);
+    let status = env.status_json(&backing);
     let protector = &status["protector"];
     assert_eq!(protector["kind"], "command");
     assert_eq!(protector["key_id"], "openssl-kms");
@@ -600,12 +579,12 @@ fn command_init_status_and_rewrap_through_the_cli() {
         &env.xtsfs(&["rewrap", path_str(&backing), "--key", "mmk"]),
         0,
     );
-    assert_eq!(status_json(&env, &backing)["protector"]["kind"], "mmk");
+    assert_eq!(env.status_json(&backing)["protector"]["kind"], "mmk");
     assert_exit(
         &env.xtsfs(&["rewrap", path_str(&backing), "--key", &kms.key()]),
         0,
     );
-    let status = status_json(&env, &backing);
+    let status = env.status_json(&backing);
     assert_eq!(status["protector"]["kind"], "command");
     assert_eq!(status["key_reachable"], true);
 }
@@ -622,7 +601,7 @@ fn command_follows_the_newest_version_unless_pinned() {
     );
 
     kms.add_version(&env, 2);
-    let status = status_json(&env, &backing);
+    let status = env.status_json(&backing);
     assert_eq!(status["protector"]["key_version"], "v1");
     assert_eq!(
         status["key_reachable"], true,
@@ -632,10 +611,7 @@ fn command_follows_the_newest_version_unless_pinned() {
         &env.xtsfs(&["rewrap", path_str(&backing), "--key", &kms.key()]),
         0,
     );
-    assert_eq!(
-        status_json(&env, &backing)["protector"]["key_version"],
-        "v2"
-    );
+    assert_eq!(env.status_json(&backing)["protector"]["key_version"], "v2");
 
     let pinned = format!("{}#v1", kms.key());
     let pinned_backing = env.path("pinned");
@@ -643,7 +619,7 @@ fn command_follows_the_newest_version_unless_pinned() {
         &env.xtsfs(&["init", path_str(&pinned_backing), "--key", &pinned]),
         0,
     );
-    let status = status_json(&env, &pinned_backing);
+    let status = env.status_json(&pinned_backing);
     assert_eq!(status["protector"]["key_version"], "v1");
     assert_eq!(status["protector"]["key_ref"], pinned.as_str());
 
@@ -766,8 +742,7 @@ fn command_that_hangs_is_killed_at_the_time_limit() {
     kms.add_version(&env, 1);
     kms.set("sleep", "60");
     let started = Instant::now();
-    let output = xtsfs_with_env(
-        &env,
+    let output = env.xtsfs_with_env(
         &[("XTSFS_KMS_TIMEOUT", "1")],
         &["init", path_str(&env.backing()), "--key", &kms.key()],
     );
@@ -794,8 +769,7 @@ fn command_that_hangs_is_killed_at_the_time_limit() {
     }
     assert!(!running(), "the KMS command outlived its time limit");
 
-    let output = xtsfs_with_env(
-        &env,
+    let output = env.xtsfs_with_env(
         &[("XTSFS_KMS_TIMEOUT", "soon")],
         &["init", path_str(&env.backing()), "--key", &kms.key()],
     );
@@ -824,7 +798,7 @@ fn a_header_may_only_name_kms_programs_in_trusted_directories() {
     fs::remove_file(&marker).expect("init ran the program");
 
     let untrusted = [("XTSFS_TRUSTED_KEY_DIRS", "/nonexistent")];
-    let refused = xtsfs_with_env(&env, &untrusted, &["status", path_str(&backing)]);
+    let refused = env.xtsfs_with_env(&untrusted, &["status", path_str(&backing)]);
     assert_exit(&refused, 3);
     assert_stderr_contains(&refused, "not in a trusted key directory");
     assert!(
@@ -832,11 +806,7 @@ fn a_header_may_only_name_kms_programs_in_trusted_directories() {
         "a header alone must not make xtsfs run a program"
     );
 
-    let explicit = xtsfs_with_env(
-        &env,
-        &untrusted,
-        &["status", path_str(&backing), "--key", &key],
-    );
+    let explicit = env.xtsfs_with_env(&untrusted, &["status", path_str(&backing), "--key", &key]);
     assert_exit(&explicit, 0);
     assert!(marker.exists(), "an explicit --key is the user's choice");
 }

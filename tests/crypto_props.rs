@@ -1,6 +1,8 @@
 //! Property tests of the crypto core: XTS units, the name and symlink cipher, and the
 //! per-file key derivation.
 
+mod common;
+
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
@@ -10,8 +12,10 @@ use xtsfs::crypto::names::{
     LONG_NAME_SIDE_SUFFIX, NAME_MAX,
 };
 use xtsfs::crypto::secret::SecretBytes;
-use xtsfs::crypto::xts::{Xts256, XtsError};
+use xtsfs::crypto::xts::XtsError;
 use xtsfs::crypto::{VolumeKey, DEK_LEN};
+
+use common::{encrypted, xts};
 
 /// Longest plaintext name whose encoding (16-byte SIV tag + name, base64url) still fits in
 /// NAME_MAX: 4 * ceil((175 + 16) * 8 / 6) / 4 = 255 characters.
@@ -23,16 +27,6 @@ fn key64() -> impl Strategy<Value = Vec<u8>> {
 
 fn dek() -> impl Strategy<Value = VolumeKey> {
     prop::collection::vec(any::<u8>(), DEK_LEN).prop_map(|b| VolumeKey::from_bytes(&b).unwrap())
-}
-
-fn xts(key: &[u8]) -> Xts256 {
-    Xts256::new(&SecretBytes::from_slice(key).unwrap())
-}
-
-fn encrypted(xts: &Xts256, unit_index: u64, plaintext: &[u8]) -> Vec<u8> {
-    let mut unit = plaintext.to_vec();
-    xts.encrypt_unit(unit_index, &mut unit).unwrap();
-    unit
 }
 
 fn xor(a: &[u8], b: &[u8]) -> Vec<u8> {

@@ -17,7 +17,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -28,7 +28,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::mount::{find_plaintext, Mounted};
-use common::{pseudo_random_bytes, TestEnv};
+use common::sys::{cpath, cvt, fallocate, read_full_at, renameat2, truncate};
+use common::{pseudo_random_bytes, Rng, TestEnv};
 
 const UNIT: u64 = 4096;
 const MIB: u64 = 1 << 20;
@@ -154,38 +155,6 @@ fn env_number(name: &str) -> Option<u64> {
         None => text.parse(),
     };
     Some(parsed.unwrap_or_else(|_| panic!("{name}={text:?} is not a number")))
-}
-
-// --- randomness ---------------------------------------------------------------------------
-
-/// SplitMix64: tiny and deterministic, so a seed replays the same run anywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (0 when n is 0).
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
 }
 
 // --- operations ---------------------------------------------------------------------------
@@ -500,45 +469,19 @@ fn fnv(data: &[u8]) -> u64 {
     })
 }
 
-fn cpath(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).expect("test paths have no NUL")
-}
-
-fn check(ret: libc::c_int) -> Result<(), Errno> {
-    if ret < 0 {
-        Err(io::Error::last_os_error().into())
-    } else {
-        Ok(())
-    }
-}
-
 fn open(path: &Path, flags: i32) -> Result<File, Errno> {
     let path = cpath(path);
     // SAFETY: NUL-terminated path; on success we own the returned fd.
     let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
-    check(fd)?;
+    cvt(fd)?;
     // SAFETY: fd was just returned by open.
     Ok(unsafe { File::from_raw_fd(fd) })
-}
-
-fn fallocate(file: &File, mode: FallocMode, offset: u64, len: u64) -> Outcome {
-    // SAFETY: valid fd; offsets stay far below i64::MAX.
-    check(unsafe { libc::fallocate(file.as_raw_fd(), mode.0, offset as i64, len as i64) })?;
-    Ok(Value::Done)
 }
 
 /// Reads up to `len` bytes at `offset`, stopping only at end of file.
 fn read_at(file: &File, offset: u64, len: u64) -> Outcome {
     let mut buf = vec![0u8; len as usize];
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let done = read_full_at(file, &mut buf, offset)?;
     buf.truncate(done);
     Ok(Value::Data(buf))
 }
@@ -558,11 +501,7 @@ impl Side {
     }
 
     fn path(&self, rel: &RelPath) -> PathBuf {
-        if rel.0.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(OsStr::from_bytes(&rel.0))
-        }
+        join(&self.root, rel)
     }
 
     /// Generation only picks open slots, but a minimized replay may have dropped the open.
@@ -598,9 +537,7 @@ impl Side {
                 Ok(Value::Count(*len))
             }
             Op::Truncate { path, size } => {
-                let path = cpath(&self.path(path));
-                // SAFETY: NUL-terminated path.
-                check(unsafe { libc::truncate(path.as_ptr(), *size as i64) })?;
+                truncate(&self.path(path), *size)?;
                 Ok(Value::Done)
             }
             Op::Fallocate {
@@ -608,12 +545,11 @@ impl Side {
                 mode,
                 offset,
                 len,
-            } => fallocate(
-                &open(&self.path(path), libc::O_WRONLY)?,
-                *mode,
-                *offset,
-                *len,
-            ),
+            } => {
+                let file = open(&self.path(path), libc::O_WRONLY)?;
+                fallocate(&file, mode.0, *offset, *len)?;
+                Ok(Value::Done)
+            }
             Op::Read { path, offset, len } => {
                 read_at(&open(&self.path(path), libc::O_RDONLY)?, *offset, *len)
             }
@@ -629,23 +565,13 @@ impl Side {
                 Ok(Value::Done)
             }
             Op::Rename { from, to, flags } => {
-                let (from, to) = (cpath(&self.path(from)), cpath(&self.path(to)));
-                // SAFETY: NUL-terminated paths.
-                check(unsafe {
-                    libc::renameat2(
-                        libc::AT_FDCWD,
-                        from.as_ptr(),
-                        libc::AT_FDCWD,
-                        to.as_ptr(),
-                        flags.0,
-                    )
-                })?;
+                renameat2(&self.path(from), &self.path(to), flags.0)?;
                 Ok(Value::Done)
             }
             Op::Link { from, to } => {
                 let (from, to) = (cpath(&self.path(from)), cpath(&self.path(to)));
                 // SAFETY: NUL-terminated paths; flags 0 links a symlink itself.
-                check(unsafe {
+                cvt(unsafe {
                     libc::linkat(
                         libc::AT_FDCWD,
                         from.as_ptr(),
@@ -702,7 +628,10 @@ impl Side {
                 mode,
                 offset,
                 len,
-            } => fallocate(self.handle(*slot)?, *mode, *offset, *len),
+            } => {
+                fallocate(self.handle(*slot)?, mode.0, *offset, *len)?;
+                Ok(Value::Done)
+            }
             Op::HandleSync { slot, data_only } => {
                 let file = self.handle(*slot)?;
                 if *data_only {
@@ -1344,11 +1273,7 @@ impl<'a> Run<'a> {
             .map(str::to_string)
             .collect();
         if !mount_args.is_empty() {
-            assert!(
-                mount.unmount().status.success(),
-                "unmount to add mount args"
-            );
-            mount.mount(&mount_args.iter().map(String::as_str).collect::<Vec<_>>());
+            mount.remount_with(&mount_args.iter().map(String::as_str).collect::<Vec<_>>());
         }
         // The reference lives on the same file system as the backing directory, so both
         // sides' errors come from the same kind of file system.
@@ -1489,14 +1414,11 @@ impl<'a> Run<'a> {
 
     fn remount(&mut self) -> Result<(), Mismatch> {
         self.sides.iter_mut().for_each(Side::close_handles);
-        let unmounted = self.mount.unmount();
+        let unmounted = self.mount.unmount_retrying();
         if !unmounted.status.success() {
             return Err(Mismatch {
                 class: "unmount".into(),
-                what: format!(
-                    "unmount failed: {}",
-                    String::from_utf8_lossy(&unmounted.stderr)
-                ),
+                what: format!("unmount failed: {}", common::stderr(&unmounted)),
             });
         }
         let args: Vec<&str> = self.mount_args.iter().map(String::as_str).collect();

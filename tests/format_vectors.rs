@@ -12,13 +12,12 @@ use aes::Aes256;
 use sha2::{Digest, Sha256};
 use xtsfs::crypto::names::{BackingEntry, BackingName, NameCipher};
 use xtsfs::crypto::secret::SecretBytes;
-use xtsfs::crypto::xts::Xts256;
 use xtsfs::crypto::VolumeKey;
 use xtsfs::keys::mmk::MmkProvider;
 use xtsfs::keys::KeyProvider;
 use xtsfs::volume::header::{self, HeaderBody};
 
-use common::{hex, set_mode, unhex, TestEnv};
+use common::{encrypted, hex, set_mode, unhex, xts, TestEnv};
 
 const FORMAT_MD: &str = include_str!("../docs/FORMAT.md");
 
@@ -92,16 +91,6 @@ fn vector(name: &str) -> Vector {
     let vector = found.next().unwrap_or_else(|| panic!("no vector {name}"));
     assert!(found.next().is_none(), "two vectors named {name}");
     vector
-}
-
-fn xts(key: &[u8]) -> Xts256 {
-    Xts256::new(&SecretBytes::from_slice(key).unwrap())
-}
-
-fn encrypted(xts: &Xts256, unit_index: u64, plaintext: &[u8]) -> Vec<u8> {
-    let mut unit = plaintext.to_vec();
-    xts.encrypt_unit(unit_index, &mut unit).unwrap();
-    unit
 }
 
 fn aes_encrypt(key: &[u8], block: [u8; 16]) -> [u8; 16] {

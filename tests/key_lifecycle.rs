@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::mount::{assert_success, find_plaintext, live_state, wait_for_state};
-use common::{hex, path_str, TestEnv};
+use common::{assert_exit, hex, path_str, set_mode, TestEnv};
 
 fn audit_events(path: &Path) -> Vec<serde_json::Value> {
     fs::read_to_string(path)
@@ -116,7 +116,7 @@ fn alert_policy_keeps_serving_and_refuses_rewrap_until_the_key_returns() {
     ]);
     fs::write(m.path("data"), b"kept").unwrap();
 
-    fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    set_mode(&key, 0o644);
     wait_for_state(&env, &m.mountpoint, "alert");
     assert_eq!(
         fs::read(m.path("data")).unwrap(),
@@ -125,14 +125,9 @@ fn alert_policy_keeps_serving_and_refuses_rewrap_until_the_key_returns() {
     );
     fs::write(m.path("more"), b"still writable").unwrap();
     let refused = env.xtsfs(&["rewrap", &backing, "--key", "mmk"]);
-    assert_eq!(
-        refused.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    assert_exit(&refused, 3);
 
-    fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    set_mode(&key, 0o600);
     wait_for_state(&env, &m.mountpoint, "serving");
     assert_success(
         &env.xtsfs(&["rewrap", &backing, "--key", "mmk"]),
@@ -455,12 +450,7 @@ fn ephemeral_volume_leaves_nothing_decryptable() {
         path_str(&backing),
         path_str(&mountpoint),
     ]);
-    assert_eq!(
-        refused.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    assert_exit(&refused, 4);
 }
 
 fn live_state_ephemeral(env: &TestEnv, mountpoint: &Path) -> serde_json::Value {

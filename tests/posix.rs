@@ -7,7 +7,7 @@ mod common;
 
 use std::alloc::{self, Layout};
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -25,7 +25,8 @@ use std::thread;
 use std::time::{Duration, SystemTime};
 
 use common::mount::{find_plaintext, Mounted};
-use common::{path_str, pseudo_random_bytes, set_mode, TestEnv};
+use common::sys::{cpath, cvt, fallocate, mkfifo, read_full_at, renameat2, truncate};
+use common::{path_str, pseudo_random_bytes, set_mode, Rng, TestEnv};
 
 const UNIT: u64 = 4096;
 const MIB: u64 = 1 << 20;
@@ -117,19 +118,6 @@ fn within<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 
     }
 }
 
-/// Deterministic offsets and lengths (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % bound
-    }
-}
-
 fn data(seed: u64, len: u64) -> Vec<u8> {
     pseudo_random_bytes(seed, len as usize)
 }
@@ -141,60 +129,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// Reads up to `len` bytes at `offset`, stopping early only at end of file.
 fn read_at(file: &File, offset: u64, len: u64) -> Vec<u8> {
     let mut buf = vec![0u8; len as usize];
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) => panic!("read {len} bytes at {offset}: {e}"),
-        }
-    }
+    let done = read_full_at(file, &mut buf, offset)
+        .unwrap_or_else(|e| panic!("read {len} bytes at {offset}: {e}"));
     buf.truncate(done);
     buf
-}
-
-fn cpath(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).expect("no NUL in a path")
-}
-
-/// A libc return value: -1 becomes the errno.
-fn cvt(ret: libc::c_int) -> io::Result<()> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
-    // SAFETY: a valid fd; offsets are plain integers.
-    cvt(unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, len as i64) })
-}
-
-fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
-    let (from, to) = (cpath(from), cpath(to));
-    // SAFETY: NUL-terminated paths.
-    cvt(unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            flags,
-        )
-    })
-}
-
-fn truncate(path: &Path, len: u64) -> io::Result<()> {
-    let path = cpath(path);
-    // SAFETY: NUL-terminated path.
-    cvt(unsafe { libc::truncate(path.as_ptr(), len as i64) })
-}
-
-fn mkfifo(path: &Path, mode: u32) -> io::Result<()> {
-    let path = cpath(path);
-    // SAFETY: NUL-terminated path.
-    cvt(unsafe { libc::mkfifo(path.as_ptr(), mode) })
 }
 
 fn statvfs(path: &Path) -> libc::statvfs {
@@ -1998,13 +1936,7 @@ fn o_direct_round_trips_and_buffered_reads_see_it() {
     expected.extend_from_slice(&data(2, UNIT));
 
     let mut back = AlignedBuf::new(9 * UNIT as usize);
-    let mut done = 0;
-    while done < back.len() {
-        match direct.read_at(&mut back[done..], done as u64).unwrap() {
-            0 => break,
-            n => done += n,
-        }
-    }
+    let done = read_full_at(&direct, &mut back, 0).unwrap();
     assert_eq!(done, expected.len());
     assert_eq!(Bytes(back.to_vec()), Bytes(expected.clone()));
     assert_eq!(
@@ -2039,15 +1971,15 @@ fn write_only_handles_bypass_the_page_cache_and_readers_see_their_writes() {
 
 #[test]
 fn mmap_shared_reads_and_writes_reach_the_file() {
-    mmap_shared_round_trip(&[]);
+    let env = TestEnv::new();
+    mmap_shared_round_trip(&mut env.mounted(&[]));
 }
 
 #[test]
 fn direct_io_mount_serves_large_io_and_shared_mmap() {
     let env = TestEnv::new();
     let mut m = env.mounted(&[]);
-    m.unmount_settled();
-    m.mount(&["--direct-io"]);
+    m.remount_with(&["--direct-io"]);
     let path = m.path("large");
     let expected = data(3, 3 * 1024 * 1024 + 123);
     fs::write(&path, &expected).unwrap();
@@ -2057,17 +1989,11 @@ fn direct_io_mount_serves_large_io_and_shared_mmap() {
         Bytes(read_at(&file, 1_000_000, 2 * UNIT)),
         Bytes(expected[1_000_000..1_000_000 + 2 * UNIT as usize].to_vec())
     );
-    drop(m);
-    mmap_shared_round_trip(&["--direct-io"]);
+    drop(file);
+    mmap_shared_round_trip(&mut m);
 }
 
-fn mmap_shared_round_trip(mount_args: &[&str]) {
-    let env = TestEnv::new();
-    let mut m = env.mounted(&[]);
-    if !mount_args.is_empty() {
-        m.unmount_settled();
-        m.mount(mount_args);
-    }
+fn mmap_shared_round_trip(m: &mut Mounted) {
     let path = m.path("mapped");
     let len = 10_000;
     let mut expected = data(1, len as u64);
@@ -2122,8 +2048,7 @@ fn read_only_mount_serves_reads_and_refuses_writes() {
     fs::create_dir(m.path("dir")).unwrap();
     fs::write(m.path("dir/file"), b"readable").unwrap();
     symlink("dir/file", m.path("link")).unwrap();
-    m.unmount_settled();
-    m.mount(&["--read-only"]);
+    m.remount_with(&["--read-only"]);
     let backing_before = names(&m.tree());
 
     assert_eq!(

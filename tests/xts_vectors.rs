@@ -9,26 +9,8 @@ use std::process::{Command, Stdio};
 
 use aes::cipher::{Array, KeyInit};
 use aes::Aes256;
-use xtsfs::crypto::secret::SecretBytes;
-use xtsfs::crypto::xts::Xts256;
 
-use common::{hex, pseudo_random_bytes, unhex};
-
-fn xts(key: &[u8]) -> Xts256 {
-    Xts256::new(&SecretBytes::from_slice(key).expect("64-byte key"))
-}
-
-fn encrypt(key: &[u8], unit_index: u64, plaintext: &[u8]) -> Vec<u8> {
-    let mut unit = plaintext.to_vec();
-    xts(key).encrypt_unit(unit_index, &mut unit).unwrap();
-    unit
-}
-
-fn decrypt(key: &[u8], unit_index: u64, ciphertext: &[u8]) -> Vec<u8> {
-    let mut unit = ciphertext.to_vec();
-    xts(key).decrypt_unit(unit_index, &mut unit).unwrap();
-    unit
-}
+use common::{decrypted, encrypted, hex, pseudo_random_bytes, unhex, xts};
 
 /// IEEE P1619/D16 Annex B, vectors 10-14: XTS-AES-256, one 512-byte data unit of bytes
 /// 00..ff twice, Key1 = digits of e, Key2 = digits of pi.
@@ -163,7 +145,7 @@ fn ieee_1619_vectors_10_to_14() {
     for vector in IEEE_VECTORS {
         let expected = unhex(vector.ciphertext);
         assert_eq!(expected.len(), 512);
-        let ciphertext = encrypt(&key, vector.unit_index, &plaintext);
+        let ciphertext = encrypted(&xts(&key), vector.unit_index, &plaintext);
         assert_eq!(
             hex(&ciphertext),
             vector.ciphertext,
@@ -171,7 +153,7 @@ fn ieee_1619_vectors_10_to_14() {
             vector.number
         );
         assert_eq!(
-            decrypt(&key, vector.unit_index, &expected),
+            decrypted(&xts(&key), vector.unit_index, &expected),
             plaintext,
             "vector {} decrypt",
             vector.number
@@ -200,11 +182,14 @@ fn gladman_aes_256_vectors_with_ciphertext_stealing() {
     for (len, ciphertext) in vectors {
         let plaintext: Vec<u8> = (0..len).map(|i| i as u8).collect();
         assert_eq!(
-            hex(&encrypt(&key, unit_index, &plaintext)),
+            hex(&encrypted(&xts(&key), unit_index, &plaintext)),
             ciphertext,
             "length {len}"
         );
-        assert_eq!(decrypt(&key, unit_index, &unhex(ciphertext)), plaintext);
+        assert_eq!(
+            decrypted(&xts(&key), unit_index, &unhex(ciphertext)),
+            plaintext
+        );
     }
 }
 
@@ -226,9 +211,9 @@ fn ciphertext_stealing_matches_xts_mode() {
                 &mut expected,
                 xts_mode::get_tweak_default(unit_index.into()),
             );
-            let ciphertext = encrypt(&key, unit_index, &plaintext);
+            let ciphertext = encrypted(&xts(&key), unit_index, &plaintext);
             assert_eq!(ciphertext, expected, "unit {unit_index}, length {len}");
-            assert_eq!(decrypt(&key, unit_index, &ciphertext), plaintext);
+            assert_eq!(decrypted(&xts(&key), unit_index, &ciphertext), plaintext);
         }
     }
 }
@@ -293,13 +278,13 @@ fn matches_openssl_for_many_lengths_and_unit_indices() {
     let expected = openssl_xts_encrypt(&cases);
     assert_eq!(expected.len(), cases.len());
     for ((key, unit_index, plaintext), expected) in cases.iter().zip(expected) {
-        let ciphertext = encrypt(key, *unit_index, plaintext);
+        let ciphertext = encrypted(&xts(key), *unit_index, plaintext);
         assert_eq!(
             ciphertext,
             expected,
             "unit {unit_index}, length {}",
             plaintext.len()
         );
-        assert_eq!(&decrypt(key, *unit_index, &ciphertext), plaintext);
+        assert_eq!(&decrypted(&xts(key), *unit_index, &ciphertext), plaintext);
     }
 }

@@ -6,12 +6,15 @@
 
 pub mod contract;
 pub mod mount;
+pub mod sys;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use xtsfs::crypto::secret::SecretBytes;
+use xtsfs::crypto::xts::Xts256;
 use xtsfs::keys::{KeyContext, KeyRef};
 
 pub struct TestEnv {
@@ -51,6 +54,11 @@ impl TestEnv {
 
     /// Runs the built binary with this environment's platform key store.
     pub fn xtsfs(&self, args: &[&str]) -> Output {
+        self.xtsfs_with_env(&[], args)
+    }
+
+    /// `xtsfs` with environment variables that override this environment's.
+    pub fn xtsfs_with_env(&self, vars: &[(&str, &str)], args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_xtsfs"))
             .args(args)
             .env("XTSFS_PLATFORM_KEY_DIR", self.platform_key_dir())
@@ -59,9 +67,17 @@ impl TestEnv {
             .env("XTSFS_TRUSTED_KEY_DIRS", self.root())
             .env_remove("XTSFS_AUDIT_LOG")
             .env_remove("RUST_LOG")
+            .envs(vars.iter().copied())
             .current_dir(self.root())
             .output()
             .expect("run xtsfs")
+    }
+
+    /// `xtsfs status --json` of a backing directory or mount point, which must succeed.
+    pub fn status_json(&self, path: &Path) -> serde_json::Value {
+        let output = self.xtsfs(&["status", "--json", path_str(path)]);
+        assert_exit(&output, 0);
+        serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
     }
 
     /// Runs `openssl` with `args`, panicking with its stderr if it fails.
@@ -201,18 +217,60 @@ pub fn copy_tree(from: &Path, to: &Path) {
 
 /// Deterministic pseudo-random bytes (SplitMix64): known content without test data files.
 pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
+    let mut rng = Rng(seed);
     let mut bytes = Vec::with_capacity(len + 8);
     while bytes.len() < len {
-        bytes.extend_from_slice(&next().to_le_bytes());
+        bytes.extend_from_slice(&rng.next().to_le_bytes());
     }
     bytes.truncate(len);
     bytes
+}
+
+/// An XTS cipher from a 64-byte key.
+pub fn xts(key: &[u8]) -> Xts256 {
+    Xts256::new(&SecretBytes::from_slice(key).expect("64-byte XTS key"))
+}
+
+/// One data unit encrypted.
+pub fn encrypted(xts: &Xts256, unit_index: u64, plaintext: &[u8]) -> Vec<u8> {
+    let mut unit = plaintext.to_vec();
+    xts.encrypt_unit(unit_index, &mut unit).unwrap();
+    unit
+}
+
+/// One data unit decrypted.
+pub fn decrypted(xts: &Xts256, unit_index: u64, ciphertext: &[u8]) -> Vec<u8> {
+    let mut unit = ciphertext.to_vec();
+    xts.decrypt_unit(unit_index, &mut unit).unwrap();
+    unit
+}
+
+/// SplitMix64: tiny and deterministic, so a seed replays the same run anywhere.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (0 when n is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+
+    pub fn percent(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
 }

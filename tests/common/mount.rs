@@ -91,20 +91,31 @@ impl Mounted<'_> {
     /// process: a child another thread is spawning holds a copy of every open fd until it
     /// execs, so a file just closed here can keep the mount busy for a moment.
     pub fn unmount_settled(&mut self) {
+        assert_success(&self.unmount_retrying(), "unmount");
+    }
+
+    /// `unmount`, retried while it fails with "busy" for up to 10 s; the last attempt's
+    /// output.
+    pub fn unmount_retrying(&mut self) -> Output {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let output = self.unmount();
             let busy = String::from_utf8_lossy(&output.stderr).contains("busy");
             if output.status.success() || !busy || Instant::now() > deadline {
-                return assert_success(&output, "unmount");
+                return output;
             }
             thread::sleep(Duration::from_millis(50));
         }
     }
 
     pub fn remount(&mut self) {
+        self.remount_with(&[]);
+    }
+
+    /// Unmounts and mounts again with `extra` mount arguments.
+    pub fn remount_with(&mut self, extra: &[&str]) {
         self.unmount_settled();
-        self.mount(&[]);
+        self.mount(extra);
     }
 }
 
