@@ -814,8 +814,7 @@ fn a_header_may_only_name_kms_programs_in_trusted_directories() {
 /// Mounts `key`'s volume with a fast key check and the lock policy, writes and fsyncs a
 /// file, runs `revoke`, expects EACCES, runs `restore`, and expects the data back.
 fn revoke_while_mounted(env: &TestEnv, key: &str, revoke: impl FnOnce(), restore: impl FnOnce()) {
-    let mut m = env.mounted(&["--key", key]);
-    m.unmount();
+    let mut m = env.initialized(&["--key", key]);
     m.mount(&["--key-check-interval", "100ms", "--on-key-loss", "lock"]);
     let mut file = fs::File::create(m.path("acknowledged")).unwrap();
     std::io::Write::write_all(&mut file, b"fsynced before revocation").unwrap();

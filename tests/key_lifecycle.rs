@@ -36,8 +36,7 @@ fn is_eacces<T: std::fmt::Debug>(result: std::io::Result<T>) -> bool {
 /// A PEM-keyed volume mounted with a fast key check and the given policy.
 fn pem_volume<'a>(env: &'a TestEnv, policy: &str) -> (common::mount::Mounted<'a>, PathBuf) {
     let key = env.rsa_key("kek.pem", 2048);
-    let mut m = env.mounted(&["--key", &format!("pem:{}", key.display())]);
-    m.unmount();
+    let mut m = env.initialized(&["--key", &format!("pem:{}", key.display())]);
     m.mount(&["--key-check-interval", "100ms", "--on-key-loss", policy]);
     (m, key)
 }
@@ -102,8 +101,7 @@ fn alert_policy_keeps_serving_and_refuses_rewrap_until_the_key_returns() {
     let env = TestEnv::new();
     let audit = env.path("audit.log");
     let key = env.rsa_key("kek.pem", 2048);
-    let mut m = env.mounted(&["--key", &format!("pem:{}", key.display())]);
-    m.unmount();
+    let mut m = env.initialized(&["--key", &format!("pem:{}", key.display())]);
     let backing = path_str(&m.backing).to_string();
     // --audit-log is global, so it may follow the subcommand like the rest.
     m.mount(&[
@@ -160,8 +158,7 @@ fn backing_files(tree: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 fn online_rewrap_chain_under_load_changes_no_data_byte() {
     let env = TestEnv::new();
     let audit = env.path("audit.log");
-    let mut m = env.mounted(&[]);
-    m.unmount();
+    let mut m = env.initialized(&[]);
     let backing = path_str(&m.backing).to_string();
     // --audit-log is global, so it may follow the subcommand like the rest.
     m.mount(&[
@@ -276,8 +273,7 @@ fn wait_for_check_of_current_protector(env: &TestEnv, mountpoint: &Path) -> serd
 fn mounted_volume_follows_a_rotated_platform_key() {
     let env = TestEnv::new();
     let audit = env.path("audit.log");
-    let mut m = env.mounted(&[]);
-    m.unmount();
+    let mut m = env.initialized(&[]);
     // --audit-log is global, so it may follow the subcommand like the rest.
     m.mount(&[
         "--audit-log",
@@ -307,8 +303,7 @@ fn audit_and_daemon_logs_hold_no_key_material() {
     let audit = env.path("audit.log");
     let log = env.path("daemon.log");
     let key = env.rsa_key("kek.pem", 2048);
-    let mut m = env.mounted(&[]);
-    m.unmount();
+    let mut m = env.initialized(&[]);
     let (backing, mnt) = (
         path_str(&m.backing).to_string(),
         path_str(&m.mountpoint).to_string(),

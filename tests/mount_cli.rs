@@ -44,8 +44,7 @@ fn mount_is_usable_on_return_and_shows_as_fuse_xtsfs() {
 #[test]
 fn mount_errors_have_exit_codes_and_leave_nothing_mounted() {
     let env = TestEnv::new();
-    let mut m = env.mounted(&[]);
-    m.unmount();
+    let m = env.initialized(&[]);
     let (backing, mnt) = (path_str(&m.backing), path_str(&m.mountpoint));
 
     let other_key = env.rsa_key("other.pem", 2048);
@@ -185,8 +184,7 @@ fn foreground_mount_unmounts_cleanly_on_sigterm_and_sigint() {
 fn missing_dev_fuse_is_a_clear_error() {
     require_fuse();
     let env = TestEnv::new();
-    let mut m = env.mounted(&[]);
-    m.unmount();
+    let m = env.initialized(&[]);
     // A private mount namespace whose /dev has no fuse device.
     let script = format!(
         "mount -t tmpfs none /dev && exec {} mount --foreground {} {}",

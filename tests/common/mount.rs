@@ -21,6 +21,13 @@ pub struct Mounted<'a> {
 impl TestEnv {
     /// Inits a volume (default: MMK) with `init_args` and mounts it.
     pub fn mounted(&self, init_args: &[&str]) -> Mounted<'_> {
+        let mut mounted = self.initialized(init_args);
+        mounted.mount(&[]);
+        mounted
+    }
+
+    /// Inits a volume with `init_args`, ready to be mounted with options of the test's own.
+    pub fn initialized(&self, init_args: &[&str]) -> Mounted<'_> {
         require_fuse();
         let backing = self.backing();
         let mut args = vec!["init", path_str(&backing)];
@@ -28,14 +35,12 @@ impl TestEnv {
         assert_success(&self.xtsfs(&args), "init");
         let mountpoint = self.path("mnt");
         fs::create_dir_all(&mountpoint).expect("create mount point");
-        let mut mounted = Mounted {
+        Mounted {
             env: self,
             backing,
             mountpoint,
             mounted: false,
-        };
-        mounted.mount(&[]);
-        mounted
+        }
     }
 }
 
