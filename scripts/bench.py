@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: the backing dir itself, xtsfs and gocryptfs, each on a tmpfs
 and on a disk-backed directory, with fio and Redis workloads. fio also runs on the FUSE
-floor (examples/fuse_floor.rs), a FUSE file system that does no work, connected exactly as
+floor (examples/fuse_floor/), a FUSE file system that does no work, connected exactly as
 xtsfs is: the fastest any FUSE file system can be here. Writes a markdown table and
 a PNG chart of the ratios, and records the result in docs/PERFORMANCE.md.
 

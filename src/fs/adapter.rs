@@ -69,7 +69,7 @@ fn fopen_flags(opened: &Opened) -> FopenFlags {
 }
 
 /// The connection settings xtsfs asks the kernel for at the FUSE handshake. Public so
-/// the benchmark's do-nothing FUSE file system (examples/fuse_floor.rs) runs with the same.
+/// the benchmark's do-nothing FUSE file system (examples/fuse_floor/) runs with the same.
 pub fn negotiate(config: &mut KernelConfig) {
     let _ = config.set_max_write(MAX_WRITE);
     let _ = config.set_max_readahead(MAX_WRITE);
