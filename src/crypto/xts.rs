@@ -20,6 +20,8 @@ const BATCH_BLOCKS: usize = 256;
 pub enum XtsError {
     #[error("an XTS data unit cannot be empty")]
     EmptyUnit,
+    #[error("the XTS output buffer is not as long as the input")]
+    LengthMismatch,
 }
 
 /// An AES-256-XTS key pair (K1 for data, K2 for tweaks) with expanded key schedules.
@@ -52,6 +54,31 @@ impl Xts256 {
         self.process(unit_index, unit, Direction::Decrypt)
     }
 
+    /// Encrypts `plain` into `out`, which must be as long. A write has to copy the
+    /// caller's bytes anyway; here the first tweak pass reads them straight from `plain`,
+    /// so the copy costs no pass of its own.
+    pub fn encrypt_unit_from(
+        &self,
+        unit_index: u64,
+        plain: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), XtsError> {
+        if plain.len() != out.len() {
+            return Err(XtsError::LengthMismatch);
+        }
+        // Ciphertext stealing and short units work in place.
+        if plain.is_empty() || !plain.len().is_multiple_of(BLOCK) {
+            out.copy_from_slice(plain);
+            return self.encrypt_unit(unit_index, out);
+        }
+        let mut tweak = self.initial_tweak(unit_index);
+        let chunk = BATCH_BLOCKS * BLOCK;
+        for (source, chunk) in plain.chunks(chunk).zip(out.chunks_mut(chunk)) {
+            tweak = self.batch(tweak, Some(source), chunk, Direction::Encrypt);
+        }
+        Ok(())
+    }
+
     fn process(&self, unit_index: u64, unit: &mut [u8], dir: Direction) -> Result<(), XtsError> {
         if unit.is_empty() {
             return Err(XtsError::EmptyUnit);
@@ -66,7 +93,7 @@ impl Xts256 {
         let plain_blocks = unit.len() / BLOCK - usize::from(partial != 0);
         let (body, rest) = unit.split_at_mut(plain_blocks * BLOCK);
         for chunk in body.chunks_mut(BATCH_BLOCKS * BLOCK) {
-            tweak = self.batch(tweak, chunk, dir);
+            tweak = self.batch(tweak, None, chunk, dir);
         }
         if partial != 0 {
             self.steal(tweak, rest, dir);
@@ -74,14 +101,21 @@ impl Xts256 {
         Ok(())
     }
 
-    /// XTS over whole blocks; returns the tweak for the block after `chunk`.
-    fn batch(&self, tweak: u128, chunk: &mut [u8], dir: Direction) -> u128 {
+    /// XTS over whole blocks, of `source` into `chunk` or of `chunk` in place; returns
+    /// the tweak for the block after `chunk`.
+    fn batch(&self, tweak: u128, source: Option<&[u8]>, chunk: &mut [u8], dir: Direction) -> u128 {
         let mut tweaks = [0u128; BATCH_BLOCKS];
         // Plain byte arrays, not `aes::Block`s, for the XOR passes: their conversions to
         // and from u128 compile to plain loads and stores.
         let (blocks, _) = chunk.as_chunks_mut::<BLOCK>();
         let tweaks = &mut tweaks[..blocks.len()];
-        let next = fill_tweaks_and_xor(tweak, tweaks, blocks);
+        let next = match source {
+            None => fill_tweaks_and_xor(tweak, tweaks, blocks, |_, block| *block),
+            Some(source) => {
+                let (source, _) = source.as_chunks::<BLOCK>();
+                fill_tweaks_and_xor(tweak, tweaks, blocks, |j, _| source[j])
+            }
+        };
         let aes_blocks = aes::Block::cast_slice_from_core_mut(blocks);
         match dir {
             Direction::Encrypt => self.data.encrypt_blocks(aes_blocks),
@@ -180,18 +214,31 @@ fn mul_alpha8(t: u128) -> u128 {
     (t << 8) ^ REDUCE_BYTE[(t >> 120) as usize] as u128
 }
 
-/// Fills `tweaks` with `first`·α^j, XORs each into its block in the same pass, and
-/// returns the tweak after the last one.
-fn fill_tweaks_and_xor(first: u128, tweaks: &mut [u128], blocks: &mut [[u8; BLOCK]]) -> u128 {
+/// Fills `tweaks` with `first`·α^j and sets each block to its input XOR its tweak in the
+/// same pass; `input(j, block)` gives block j's input (the block itself, or a source's).
+/// Returns the tweak after the last one.
+fn fill_tweaks_and_xor(
+    first: u128,
+    tweaks: &mut [u128],
+    blocks: &mut [[u8; BLOCK]],
+    input: impl Fn(usize, &[u8; BLOCK]) -> [u8; BLOCK],
+) -> u128 {
     let mut t = first;
-    for (slot, block) in tweaks.iter_mut().zip(blocks.iter_mut()).take(TWEAK_CHAINS) {
+    for (j, (slot, block)) in tweaks
+        .iter_mut()
+        .zip(blocks.iter_mut())
+        .enumerate()
+        .take(TWEAK_CHAINS)
+    {
         *slot = t;
+        *block = input(j, block);
         xor_tweak(block, t);
         t = mul_alpha(t);
     }
     for j in TWEAK_CHAINS..tweaks.len() {
         let t = mul_alpha8(tweaks[j - TWEAK_CHAINS]);
         tweaks[j] = t;
+        blocks[j] = input(j, &blocks[j]);
         xor_tweak(&mut blocks[j], t);
     }
     match tweaks.len().checked_sub(TWEAK_CHAINS) {
@@ -237,6 +284,24 @@ mod tests {
             ours.decrypt_unit(unit_index, &mut got).unwrap();
             assert_eq!(got, plain, "decrypt, length {len}");
         }
+    }
+
+    #[test]
+    fn encrypting_from_a_source_matches_encrypting_in_place() {
+        let ours = Xts256::new(&key());
+        for len in (1..=4096 + 64).chain([8192, 8192 + 17]) {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 13 + len) as u8).collect();
+            let mut in_place = plain.clone();
+            ours.encrypt_unit(77, &mut in_place).unwrap();
+            // A stale buffer, as a reused one would be.
+            let mut out = vec![0xa5u8; len];
+            ours.encrypt_unit_from(77, &plain, &mut out).unwrap();
+            assert_eq!(out, in_place, "length {len}");
+        }
+        assert_eq!(
+            ours.encrypt_unit_from(0, &[1; 32], &mut [0; 16]),
+            Err(XtsError::LengthMismatch)
+        );
     }
 
     #[test]

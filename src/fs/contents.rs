@@ -79,26 +79,30 @@ impl Contents<'_> {
             self.reencrypt_unit(len / UNIT, len, new_len, None)?;
         }
         let written = with_thread_buffer(|buf| {
-            if buf.len() < (run.end - run.start) as usize {
-                buf.resize((run.end - run.start) as usize, 0);
+            let run_len = (run.end - run.start) as usize;
+            if buf.len() < run_len {
+                buf.resize(run_len, 0);
             }
-            let buf = &mut buf[..(run.end - run.start) as usize];
-            // A reused buffer holds an earlier request's bytes: anything this write does not
-            // cover (gaps, edges) must start as zeros.
-            if offset != run.start || end != run.end {
-                buf.fill(0);
-            }
-            // Only the first and last units can be partly covered and need their old bytes.
-            for unit in edge_units(first, last) {
-                let unit_range = unit_range(unit, new_len);
-                if offset > unit_range.start || end < unit_range.end {
-                    let at = ((unit - first) * UNIT) as usize;
-                    self.read_unit_into(unit, len, &mut buf[at..])?;
+            let buf = &mut buf[..run_len];
+            for (unit, unit_buf) in (first..).zip(buf.chunks_mut(DATA_UNIT)) {
+                let unit_start = unit * UNIT;
+                let covered = offset.max(unit_start)..end.min(unit_start + unit_buf.len() as u64);
+                let source =
+                    &data[(covered.start - offset) as usize..(covered.end - offset) as usize];
+                if source.len() == unit_buf.len() {
+                    self.cipher.encrypt_unit_from(unit, source, unit_buf)
+                } else {
+                    // Only the first and last units can be partly covered. A reused buffer
+                    // holds an earlier request's bytes, so the unit starts as zeros (for
+                    // gaps past the old end), then takes its old bytes and the new ones.
+                    unit_buf.fill(0);
+                    self.read_unit_into(unit, len, unit_buf)?;
+                    let at = (covered.start - unit_start) as usize;
+                    unit_buf[at..at + source.len()].copy_from_slice(source);
+                    self.cipher.encrypt_unit(unit, unit_buf)
                 }
+                .map_err(io::Error::other)?;
             }
-            let at = (offset - run.start) as usize;
-            buf[at..at + data.len()].copy_from_slice(data);
-            self.encrypt_run(first, buf)?;
             self.file.write_all_at(buf, HEADER + run.start)
         });
         // A failed write leaves the length as it was, the old last unit included.
@@ -279,15 +283,6 @@ impl Contents<'_> {
                     .decrypt_unit(first + i as u64, unit)
                     .map_err(io::Error::other)?;
             }
-        }
-        Ok(())
-    }
-
-    fn encrypt_run(&self, first: u64, buf: &mut [u8]) -> io::Result<()> {
-        for (i, unit) in buf.chunks_mut(DATA_UNIT).enumerate() {
-            self.cipher
-                .encrypt_unit(first + i as u64, unit)
-                .map_err(io::Error::other)?;
         }
         Ok(())
     }
