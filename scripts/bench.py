@@ -103,6 +103,13 @@ def fio(directory: Path, args, size, runtime, filename="bench.dat"):
     return job
 
 
+def record_medians(values, results, label, workload, unit):
+    """Reports each setup's median over its rounds, keeping the rounds beside it."""
+    for setup, runs in values.items():
+        results.append({"backing": label, "workload": workload, "unit": unit, "setup": setup,
+                        "value": statistics.median(runs), "runs": runs})
+
+
 def run_fio(setups: Setups, size, runtime, repeat, results, label):
     """Each workload runs `repeat` times, the setups taking turns within each round so that
     a noisy neighbour slows all of them alike; the median of the rounds is reported."""
@@ -126,10 +133,7 @@ def run_fio(setups: Setups, size, runtime, repeat, results, label):
                 value = job[side]["bw"] / 1024 if unit == "MiB/s" else job[side]["iops"]
                 values[setup].append(value)
                 print(f"  {label:6} {name:26} {setup:10} {value:12.1f} {unit}", flush=True)
-        for setup in SETUPS:
-            value = statistics.median(values[setup])
-            results.append({"backing": label, "workload": name, "unit": unit, "setup": setup, "value": value,
-                            "runs": values[setup]})
+        record_medians(values, results, label, name, unit)
     rss_kib = int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
     return rss_kib
 
@@ -167,36 +171,57 @@ class Redis:
         self.proc.wait(timeout=60)
 
 
-def run_redis(setups: Setups, keys, requests, results, label):
-    for setup in REDIS_SETUPS:
-        directory = setups.dirs[setup] / "redis"
-        directory.mkdir()
-        redis = Redis(directory)
+def run_redis(setups: Setups, keys, requests, repeat, results, label):
+    """As for fio: `repeat` rounds of each workload, the setups taking turns within each
+    round, the median reported. One Redis server per setup runs throughout."""
+    servers = {}
+    try:
+        for setup in REDIS_SETUPS:
+            directory = setups.dirs[setup] / "redis"
+            directory.mkdir()
+            servers[setup] = Redis(directory)
         for fsync in ["always", "everysec"]:
-            redis.cli("CONFIG", "SET", "appendfsync", fsync)
-            out = sh("redis-benchmark", "-p", redis.port, "-t", "set", "-n", requests, "-c", "50", "-q").stdout
-            rps = float(re.findall(r"SET: ([\d.]+) requests per second", out)[-1])
-            results.append({"backing": label, "workload": f"Redis SET appendfsync {fsync}", "unit": "req/s", "setup": setup, "value": rps})
-            print(f"  {label:6} {'SET ' + fsync:26} {setup:10} {rps:12.0f} req/s", flush=True)
-        redis.cli("CONFIG", "SET", "appendonly", "no")
-        redis.cli("DEBUG", "POPULATE", str(keys), "key", "64")
-        start = time.monotonic()
-        redis.cli("BGSAVE")
-        time.sleep(0.05)
-        while redis.info("rdb_bgsave_in_progress") != "0":
-            time.sleep(0.01)
-        bgsave = time.monotonic() - start
-        assert redis.info("rdb_last_bgsave_status") == "ok"
-        redis.stop()
-        start = time.monotonic()
-        redis = Redis(directory, appendonly="no")
-        load = time.monotonic() - start
-        redis.stop()
-        for workload, value in [(f"BGSAVE {keys // 1000}k keys", bgsave), (f"restart load {keys // 1000}k keys", load)]:
-            # Times: lower is better, so the ratio columns use rate = 1 / time.
-            results.append({"backing": label, "workload": workload, "unit": "s", "setup": setup, "value": value})
-            print(f"  {label:6} {workload:26} {setup:10} {value:12.3f} s", flush=True)
-        shutil.rmtree(directory)
+            workload = f"Redis SET appendfsync {fsync}"
+            values = {setup: [] for setup in REDIS_SETUPS}
+            for _ in range(repeat):
+                for setup, redis in servers.items():
+                    redis.cli("CONFIG", "SET", "appendfsync", fsync)
+                    out = sh("redis-benchmark", "-p", redis.port, "-t", "set", "-n", requests, "-c", "50", "-q").stdout
+                    rps = float(re.findall(r"SET: ([\d.]+) requests per second", out)[-1])
+                    values[setup].append(rps)
+                    print(f"  {label:6} {'SET ' + fsync:26} {setup:10} {rps:12.0f} req/s", flush=True)
+            record_medians(values, results, label, workload, "req/s")
+        for redis in servers.values():
+            redis.cli("CONFIG", "SET", "appendonly", "no")
+            redis.cli("DEBUG", "POPULATE", str(keys), "key", "64")
+        # Times: lower is better, so the ratio columns use rate = 1 / time.
+        bgsave, load = f"BGSAVE {keys // 1000}k keys", f"restart load {keys // 1000}k keys"
+        times = {workload: {setup: [] for setup in REDIS_SETUPS} for workload in [bgsave, load]}
+        for _ in range(repeat):
+            for setup in REDIS_SETUPS:
+                redis = servers[setup]
+                start = time.monotonic()
+                redis.cli("BGSAVE")
+                time.sleep(0.05)
+                while redis.info("rdb_bgsave_in_progress") != "0":
+                    time.sleep(0.01)
+                times[bgsave][setup].append(time.monotonic() - start)
+                assert redis.info("rdb_last_bgsave_status") == "ok"
+            for setup in REDIS_SETUPS:
+                servers.pop(setup).stop()
+                start = time.monotonic()
+                servers[setup] = Redis(setups.dirs[setup] / "redis", appendonly="no")
+                times[load][setup].append(time.monotonic() - start)
+            for workload in [bgsave, load]:
+                for setup in REDIS_SETUPS:
+                    print(f"  {label:6} {workload:26} {setup:10} {times[workload][setup][-1]:12.3f} s", flush=True)
+        for workload in [bgsave, load]:
+            record_medians(times[workload], results, label, workload, "s")
+    finally:
+        for redis in servers.values():
+            redis.stop()
+        for setup in REDIS_SETUPS:
+            shutil.rmtree(setups.dirs[setup] / "redis", ignore_errors=True)
 
 
 def table(results):
@@ -262,7 +287,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="512M", help="fio file size")
     parser.add_argument("--runtime", type=int, default=8, help="seconds per fio run")
-    parser.add_argument("--repeat", type=int, default=3, help="fio rounds per workload (the median is reported)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per workload (the median is reported)")
     parser.add_argument("--redis-keys", type=int, default=1_000_000)
     parser.add_argument("--redis-requests", type=int, default=200_000)
     parser.add_argument("--disk-dir", default="/var/tmp", help="where the disk-backed setups live")
@@ -290,7 +315,7 @@ def main():
             rss[label] = run_fio(setups, args.size, args.runtime, args.repeat, results, label)
             if not args.skip_redis:
                 print(f"== {label}: redis", flush=True)
-                run_redis(setups, args.redis_keys, args.redis_requests, results, label)
+                run_redis(setups, args.redis_keys, args.redis_requests, args.repeat, results, label)
         finally:
             if setups:
                 setups.close()
@@ -302,7 +327,8 @@ def main():
     chart(ratios, out / "ratios.png")
     summary = (f"Machine: {machine()}\n\nfio: {args.size} file, {args.runtime} s time-based runs, psync, one job, "
                f"median of {args.repeat} rounds; "
-               f"Redis: redis-benchmark -t set -n {args.redis_requests} -c 50, {args.redis_keys} keys for BGSAVE/restart.\n\n"
+               f"Redis: redis-benchmark -t set -n {args.redis_requests} -c 50, {args.redis_keys} keys for BGSAVE/restart, "
+               f"median of {args.repeat} rounds.\n\n"
                f"{markdown}\n\nPeak RSS of the xtsfs daemon during the fio runs: "
                + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in rss.items()) + "\n")
     (out / "results.md").write_text(summary)

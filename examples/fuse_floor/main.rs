@@ -14,7 +14,7 @@ mod uring;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -135,8 +135,8 @@ impl Floor {
 struct FuseFloor {
     floor: Arc<Floor>,
     io_uring: bool,
-    /// Set once the handshake is answered; for io_uring, whether the kernel offered it.
-    initialized: Arc<Mutex<Option<bool>>>,
+    /// Told, once the handshake is answered, whether the kernel offered io_uring.
+    handshake: mpsc::Sender<bool>,
 }
 
 fn reply_attr(reply: ReplyAttr, attr: Result<FileAttr, Errno>) {
@@ -155,7 +155,7 @@ impl Filesystem for FuseFloor {
         if self.io_uring && offered {
             let _ = config.add_capabilities(InitFlags::FUSE_OVER_IO_URING);
         }
-        *self.initialized.lock().unwrap_or_else(|e| e.into_inner()) = Some(offered);
+        let _ = self.handshake.send(offered);
         Ok(())
     }
 
@@ -300,7 +300,7 @@ fn run() -> std::io::Result<()> {
         }
     }
     let floor = Arc::new(Floor::default());
-    let initialized = Arc::new(Mutex::new(None));
+    let (handshake, handshake_done) = mpsc::channel();
     let mut config = fuser::Config::default();
     config.mount_options = vec![MountOption::FSName("fuse-floor".into())];
     config.n_threads = Some(xtsfs::mount::DEFAULT_THREADS.into());
@@ -308,7 +308,7 @@ fn run() -> std::io::Result<()> {
     let fuse_floor = FuseFloor {
         floor: floor.clone(),
         io_uring,
-        initialized: initialized.clone(),
+        handshake,
     };
     let session = fuser::Session::new(fuse_floor, &mountpoint, &config)?;
     let device = std::os::fd::AsFd::as_fd(&session).try_clone_to_owned()?;
@@ -316,7 +316,9 @@ fn run() -> std::io::Result<()> {
     if io_uring {
         // The kernel holds every request after the handshake until each CPU's queue has
         // an entry registered, so the queues start as soon as the handshake is answered.
-        let offered = wait_for_handshake(&initialized);
+        let offered = handshake_done
+            .recv()
+            .map_err(|_| std::io::Error::other("the FUSE handshake did not happen"))?;
         if !offered {
             let _ = session.umount_and_join();
             return Err(std::io::Error::other(
@@ -329,14 +331,4 @@ fn run() -> std::io::Result<()> {
     // After the handshake is served: looking up the mount point waits for it.
     xtsfs::mount::raise_readahead(mountpoint.as_ref());
     session.join()
-}
-
-/// Waits until the handshake callback has run; returns whether io_uring was offered.
-fn wait_for_handshake(initialized: &Mutex<Option<bool>>) -> bool {
-    loop {
-        if let Some(offered) = *initialized.lock().unwrap_or_else(|e| e.into_inner()) {
-            return offered;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }

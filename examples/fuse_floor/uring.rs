@@ -59,7 +59,8 @@ impl RingEntry {
     }
 }
 
-/// Starts one pinned thread per queue.
+/// Starts one pinned thread per queue. The kernel holds every request until each queue
+/// has an entry, so a queue that fails would hang the mount: the process exits instead.
 pub fn start(floor: Arc<Floor>, device: Arc<OwnedFd>, sched_idle: bool) -> io::Result<()> {
     for qid in 0..possible_cpus()? {
         let (floor, device) = (floor.clone(), device.clone());
@@ -68,6 +69,7 @@ pub fn start(floor: Arc<Floor>, device: Arc<OwnedFd>, sched_idle: bool) -> io::R
             .spawn(move || {
                 if let Err(e) = serve_queue(&floor, &device, qid, sched_idle) {
                     eprintln!("fuse_floor: io_uring queue {qid}: {e}");
+                    std::process::exit(1);
                 }
             })?;
     }
@@ -86,40 +88,55 @@ fn possible_cpus() -> io::Result<u16> {
     Ok(last + 1)
 }
 
-fn pin_to_cpu(cpu: u16, sched_idle: bool) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; both calls only read the structures passed.
-    unsafe {
+fn pin_to_cpu(cpu: u16) {
+    // SAFETY: cpu_set_t is plain data, only read by the call.
+    let pinned = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu.into(), &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // A CPU running only SCHED_IDLE threads counts as idle when the scheduler places
-        // a woken caller, so the caller stays on this CPU (step 14).
-        let param = libc::sched_param { sched_priority: 0 };
-        if sched_idle && libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    // A possible CPU may be offline; its queue is still served, from anywhere.
+    if !pinned {
+        let e = io::Error::last_os_error();
+        eprintln!("fuse_floor: io_uring queue {cpu} runs unpinned: {e}");
+    }
+}
+
+/// A CPU running only SCHED_IDLE threads counts as idle when the scheduler places a woken
+/// caller, so the caller stays on this CPU (step 14).
+fn set_sched_idle() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: only reads `param`.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
 fn serve_queue(floor: &Floor, device: &OwnedFd, qid: u16, sched_idle: bool) -> io::Result<()> {
-    pin_to_cpu(qid, sched_idle)?;
+    pin_to_cpu(qid);
+    if sched_idle {
+        set_sched_idle()?;
+    }
     let fd = device.as_raw_fd();
+    // The kernel keeps writing into registered buffers until the connection ends, which
+    // may be after this thread has returned: they are never freed.
+    let entries: &'static mut [RingEntry] =
+        Vec::leak((0..DEPTH).map(|_| RingEntry::new()).collect());
     let mut ring: IoUring<squeue::Entry128, cqueue::Entry> =
         IoUring::builder().build((2 * DEPTH) as u32)?;
-    let mut entries: Vec<RingEntry> = (0..DEPTH).map(|_| RingEntry::new()).collect();
     for (index, entry) in entries.iter().enumerate() {
         push(&mut ring, register(fd, qid, &entry.iov, index))?;
     }
+    let mut completed = Vec::with_capacity(2 * DEPTH);
     loop {
         ring.submit_and_wait(1)?;
-        let completed: Vec<(usize, i32)> = ring
-            .completion()
-            .map(|cqe| (cqe.user_data() as usize, cqe.result()))
-            .collect();
-        for (index, result) in completed {
+        completed.clear();
+        completed.extend(
+            ring.completion()
+                .map(|cqe| (cqe.user_data() as usize, cqe.result())),
+        );
+        for &(index, result) in &completed {
             let entry = &mut entries[index];
             match -result {
                 0 => {}
@@ -134,17 +151,16 @@ fn serve_queue(floor: &Floor, device: &OwnedFd, qid: u16, sched_idle: bool) -> i
             }
             let commit_id = get_u64(&entry.header[..], COMMIT_ID);
             let in_len = get_u32(&entry.header[..], PAYLOAD_SZ) as usize;
-            let unique = get_u64(&entry.header[..], 8);
             let (error, out_len) = match serve(floor, &entry.header[..], &mut entry.payload, in_len)
             {
                 Ok(out_len) => (0, out_len),
                 Err(e) => (-i32::from(e), 0),
             };
-            // struct fuse_out_header: len, error, unique; the reply's arguments are in
-            // the payload, and payload_sz says how long they are.
+            // struct fuse_out_header over the request's fuse_in_header: len (which the
+            // kernel ignores here), error, and unique, already in place at byte 8. The
+            // reply's arguments are in the payload, and payload_sz says how long they are.
             put_u32(&mut entry.header[..], 0, (16 + out_len) as u32);
-            entry.header[4..8].copy_from_slice(&error.to_ne_bytes());
-            put_u64(&mut entry.header[..], 8, unique);
+            put_u32(&mut entry.header[..], 4, error as u32);
             put_u32(&mut entry.header[..], PAYLOAD_SZ, out_len as u32);
             push(&mut ring, commit_and_fetch(fd, qid, commit_id, index))?;
         }
@@ -155,7 +171,7 @@ fn push(
     ring: &mut IoUring<squeue::Entry128, cqueue::Entry>,
     sqe: squeue::Entry128,
 ) -> io::Result<()> {
-    // SAFETY: the buffers an SQE points to (an entry's iovecs) live as long as the ring.
+    // SAFETY: the buffers an SQE points to (an entry's iovecs) are never freed.
     unsafe { ring.submission().push(&sqe) }.map_err(|_| io::Error::other("submission queue full"))
 }
 
@@ -185,8 +201,9 @@ fn uring_cmd(
         .addr(iov.map(|iov| iov.as_ptr() as u64))
         .build()
         .user_data(index as u64);
-    // The io-uring crate has no setter for sqe->len (bytes 24..28), which REGISTER needs
-    // as the number of iovecs. SAFETY: Entry128 is repr(C), 128 bytes of plain data.
+    // The io-uring crate has no setter for sqe->len, which REGISTER needs as the number
+    // of iovecs. SAFETY: Entry128 is repr(C): the kernel's 64-byte io_uring_sqe (len at
+    // bytes 24..28) and the 64 bytes after it, all plain data; transmute checks the size.
     let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
     let iov_count: u32 = if iov.is_some() { 2 } else { 0 };
     raw[24..28].copy_from_slice(&iov_count.to_ne_bytes());
@@ -229,18 +246,19 @@ fn serve(floor: &Floor, header: &[u8], payload: &mut [u8], in_len: usize) -> Res
         }
         FUSE_WRITE => {
             let written = floor.write(ino, get_u64(op, 8), get_u32(op, 16));
-            put_u64(payload, 0, written.into()); // struct fuse_write_out: size, padding
+            // struct fuse_write_out: size, padding.
+            put_u32(payload, 0, written);
+            put_u32(payload, 4, 0);
             Ok(8)
         }
         FUSE_STATFS => {
-            payload[..80].fill(0); // struct fuse_statfs_out
-            put_u32(payload, 40, 4096);
+            // struct fuse_statfs_out, as fuser answers it by default: bsize 512, namelen 255.
+            payload[..80].fill(0);
+            put_u32(payload, 40, 512);
             put_u32(payload, 44, 255);
             Ok(80)
         }
-        FUSE_RELEASE | FUSE_FSYNC | FUSE_FLUSH | FUSE_READDIR | FUSE_RELEASEDIR | FUSE_ACCESS => {
-            Ok(0)
-        }
+        FUSE_RELEASE | FUSE_FSYNC | FUSE_FLUSH | FUSE_RELEASEDIR => Ok(0),
         _ => Err(Errno::ENOSYS),
     }
 }
@@ -257,9 +275,7 @@ const FUSE_RELEASE: u32 = 18;
 const FUSE_FSYNC: u32 = 20;
 const FUSE_FLUSH: u32 = 25;
 const FUSE_OPENDIR: u32 = 27;
-const FUSE_READDIR: u32 = 28;
 const FUSE_RELEASEDIR: u32 = 29;
-const FUSE_ACCESS: u32 = 34;
 const FUSE_CREATE: u32 = 35;
 const FATTR_SIZE: u32 = 1 << 3;
 

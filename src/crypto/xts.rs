@@ -55,8 +55,8 @@ impl Xts256 {
     }
 
     /// Encrypts `plain` into `out`, which must be as long. A write has to copy the
-    /// caller's bytes anyway; here the first tweak pass reads them straight from `plain`,
-    /// so the copy costs no pass of its own.
+    /// caller's bytes anyway; here the first tweak pass reads them straight from `plain`
+    /// instead of a separate copying pass over them.
     pub fn encrypt_unit_from(
         &self,
         unit_index: u64,
@@ -112,7 +112,8 @@ impl Xts256 {
         let next = match source {
             None => fill_tweaks_and_xor(tweak, tweaks, blocks, |_, block| *block),
             Some(source) => {
-                let (source, _) = source.as_chunks::<BLOCK>();
+                // As long as `blocks`, so indexing it needs no bounds check.
+                let source = &source.as_chunks::<BLOCK>().0[..blocks.len()];
                 fill_tweaks_and_xor(tweak, tweaks, blocks, |j, _| source[j])
             }
         };
@@ -301,6 +302,10 @@ mod tests {
         assert_eq!(
             ours.encrypt_unit_from(0, &[1; 32], &mut [0; 16]),
             Err(XtsError::LengthMismatch)
+        );
+        assert_eq!(
+            ours.encrypt_unit_from(0, &[], &mut []),
+            Err(XtsError::EmptyUnit)
         );
     }
 

@@ -415,6 +415,11 @@ mod tests {
             let contents = Contents { file: &file, cipher: &cipher };
             let mut model = Vec::new();
             for op in &ops {
+                // Every write starts from a buffer full of another request's bytes.
+                with_thread_buffer(|buf| {
+                    buf.clear();
+                    buf.resize(3 * DATA_UNIT, 0xa5);
+                });
                 apply(&contents, &mut model, op);
                 let backing_len = file.metadata().unwrap().len();
                 prop_assert_eq!(backing_len, HEADER + model.len() as u64, "length after {:?}", op);
