@@ -135,6 +135,10 @@ def run_fio(setups: Setups, size, runtime, repeat, results, label):
                 print(f"  {label:6} {name:26} {setup:10} {value:12.1f} {unit}", flush=True)
         record_medians(values, results, label, name, unit)
     rss_kib = int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
+    # Up to 1 GiB per setup: on the 4 GiB tmpfs, Redis would find no room after them.
+    for setup in SETUPS:
+        for filename in ["bench.dat", "append.dat"]:
+            (setups.dirs[setup] / filename).unlink(missing_ok=True)
     return rss_kib
 
 
