@@ -15,6 +15,7 @@ use crate::keycheck::OnKeyLoss;
 use crate::keys::{KeyContext, KeyRef};
 use crate::live;
 use crate::mount::{MountConfig, UnmountConfig};
+use crate::volume::header::VolumeFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,6 +67,10 @@ enum Sub {
         /// Store file names unencrypted.
         #[arg(long)]
         plaintext_names: bool,
+        /// The volume format version. Only for tests and benchmarks that compare with
+        /// volumes made before format 2; new volumes should not use format 1.
+        #[arg(long, hide = true, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=2))]
+        format: u16,
     },
     /// Show a volume's format and protector, whether its key is reachable now, and, for
     /// a mounted volume, its live state (serving, locked or alert).
@@ -181,10 +186,13 @@ impl Opts {
                 backing,
                 key,
                 plaintext_names,
+                format,
             } => Command::Init(InitConfig {
                 backing,
                 key: parse_key(&key)?,
                 encrypt_names: !plaintext_names,
+                format: VolumeFormat::from_version(format)
+                    .ok_or_else(|| Error::Usage(format!("no volume format {format}")))?,
             }),
             Sub::Status { backing, json, key } => Command::Status(StatusConfig {
                 backing,

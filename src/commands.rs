@@ -11,7 +11,8 @@ use crate::keys::{KeyContext, KeyError, KeyRef};
 use crate::live::{self, LiveStatus, ServingState};
 use crate::mount::{self, MountConfig, UnmountConfig};
 use crate::process;
-use crate::volume::{self, header::HeaderBody, header::FORMAT_VERSION, HEADER_FILE};
+use crate::volume::header::{HeaderBody, VolumeFormat};
+use crate::volume::{self, HEADER_FILE};
 
 pub struct Config {
     pub verbosity: u8,
@@ -40,6 +41,7 @@ pub struct InitConfig {
     pub backing: PathBuf,
     pub key: KeyRef,
     pub encrypt_names: bool,
+    pub format: VolumeFormat,
 }
 
 pub struct StatusConfig {
@@ -76,7 +78,7 @@ pub fn run(config: Config) -> Result<(), Error> {
 
 fn init(c: &InitConfig, settings: &Settings) -> Result<(), Error> {
     let audit = Audit::open(settings.audit_log.as_deref())?;
-    let body = volume::init(&c.backing, &c.key, &settings.keys, c.encrypt_names)?;
+    let body = volume::init(&c.backing, &c.key, &settings.keys, c.encrypt_names, c.format)?;
     audit.record(
         &body.volume_id,
         AuditEvent::Init,
@@ -215,7 +217,7 @@ fn report<'a>(
     let p = &body.protector;
     StatusReport {
         volume_id: &body.volume_id,
-        format_version: FORMAT_VERSION,
+        format_version: body.format.version(),
         cipher: &body.cipher,
         data_unit_size: body.data_unit_size,
         names: &body.names,

@@ -21,6 +21,7 @@ use crate::crypto::VolumeKey;
 use crate::error::{Error, ExitCode};
 use crate::fs::adapter::FuseAdapter;
 use crate::fs::{FsOptions, Keyring, VolumeSecrets, XtsFs};
+use crate::volume::header::VolumeFormat;
 use crate::keycheck::{dek_fingerprint, KeyMonitor, MonitorRequest, OnKeyLoss};
 use crate::keys::{KeyDescription, KeyError, KeyRef};
 use crate::live::{self, LiveStatus, ServingState};
@@ -181,6 +182,7 @@ struct Running {
 /// What the volume is served with: its secrets and where they came from.
 struct Unlocked {
     secrets: VolumeSecrets,
+    format: VolumeFormat,
     volume_id: String,
     protector: Option<KeyDescription>,
     dek_fingerprint: [u8; 32],
@@ -197,6 +199,7 @@ fn unlock(
         return Ok(Unlocked {
             dek_fingerprint: dek_fingerprint(&dek),
             secrets: VolumeSecrets::new(dek, true),
+            format: VolumeFormat::LATEST,
             volume_id: volume::new_uuid()?,
             protector: None,
         });
@@ -223,6 +226,7 @@ fn unlock(
     Ok(Unlocked {
         dek_fingerprint: dek_fingerprint(&volume.dek),
         secrets: VolumeSecrets::new(volume.dek, volume.header.names_encrypted()),
+        format: volume.header.format,
         volume_id: volume.header.volume_id,
         protector: Some(key),
     })
@@ -254,6 +258,7 @@ fn start(config: &MountConfig, settings: &Settings) -> Result<Running, Error> {
             FsOptions {
                 read_only: config.read_only,
                 direct_io: config.direct_io,
+                format: unlocked.format,
             },
         )
         .map_err(Error::io("cannot open", backing.join(TREE_DIR)))?,

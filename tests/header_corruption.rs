@@ -38,7 +38,7 @@ impl Volume {
     }
 
     fn init(env: TestEnv, key: KeyRef) -> Self {
-        volume::init(&env.backing(), &key, &env.key_context(), true).unwrap();
+        volume::init(&env.backing(), &key, &env.key_context(), true, VolumeFormat::LATEST).unwrap();
         let header = fs::read(env.backing().join(HEADER_FILE)).unwrap();
         let volume = Volume { env, key, header };
         volume.unlock().expect("the intact header unlocks");
@@ -214,7 +214,7 @@ fn header_mac_is_keyed_by_the_volume_key() {
     // though its wrapped key unwraps (both are wrapped by the same platform key).
     let volume = Volume::mmk();
     let other_backing = volume.env.path("other");
-    volume::init(&other_backing, &volume.key, &volume.env.key_context(), true).unwrap();
+    volume::init(&other_backing, &volume.key, &volume.env.key_context(), true, VolumeFormat::LATEST).unwrap();
     let other = fs::read(other_backing.join(HEADER_FILE)).unwrap();
     let mut spliced = volume.header[..volume.header.len() - MAC_LEN].to_vec();
     spliced.extend_from_slice(&other[other.len() - MAC_LEN..]);

@@ -2,10 +2,17 @@
 //! is computed first, then the AES rounds go through the `aes` crate's parallel block
 //! calls (AES-NI/VAES pipelines) instead of one block at a time.
 //!
-//! Lengths: a unit of 16 bytes or more is standard IEEE 1619 XTS, with ciphertext
-//! stealing for a final partial block. A unit shorter than 16 bytes, which XTS cannot
-//! encrypt, is XORed with a pad derived from the unit's tweak and its length (see
-//! docs/FORMAT.md, "Short tails"). No input length panics.
+//! Two ways to cut a file into XTS input (docs/FORMAT.md):
+//! - format 1, [`Xts256::encrypt_unit`]: a unit of 16 bytes or more is standard IEEE 1619
+//!   XTS, with ciphertext stealing for a final partial block; a unit shorter than 16
+//!   bytes, which XTS cannot encrypt, is XORed with a pad derived from the unit's tweak
+//!   and its length. A unit's ciphertext depends on its length.
+//! - format 2, [`Xts256::encrypt_blocks`]: whole 16-byte blocks only, addressed by their
+//!   index in the file. Block `b` is block `b mod 256` of data unit `b / 256`, so a whole
+//!   unit encrypts exactly as IEEE 1619 XTS does, and any run of blocks can be encrypted
+//!   on its own: a block's ciphertext depends on nothing but its own bytes and position.
+//!
+//! No input length panics.
 
 use aes::cipher::{Array, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use aes::Aes256;
@@ -22,7 +29,12 @@ pub enum XtsError {
     EmptyUnit,
     #[error("the XTS output buffer is not as long as the input")]
     LengthMismatch,
+    #[error("an XTS block run is not a whole number of 16-byte blocks")]
+    PartialBlock,
 }
+
+/// Blocks in one data unit.
+pub const UNIT_BLOCKS: u64 = BATCH_BLOCKS as u64;
 
 /// An AES-256-XTS key pair (K1 for data, K2 for tweaks) with expanded key schedules.
 pub struct Xts256 {
@@ -75,6 +87,54 @@ impl Xts256 {
         let chunk = BATCH_BLOCKS * BLOCK;
         for (source, chunk) in plain.chunks(chunk).zip(out.chunks_mut(chunk)) {
             tweak = self.batch(tweak, Some(source), chunk, Direction::Encrypt);
+        }
+        Ok(())
+    }
+
+    /// Encrypts whole blocks in place; `blocks` starts at the file's block `first_block`.
+    pub fn encrypt_blocks(&self, first_block: u64, blocks: &mut [u8]) -> Result<(), XtsError> {
+        self.process_blocks(first_block, None, blocks, Direction::Encrypt)
+    }
+
+    pub fn decrypt_blocks(&self, first_block: u64, blocks: &mut [u8]) -> Result<(), XtsError> {
+        self.process_blocks(first_block, None, blocks, Direction::Decrypt)
+    }
+
+    /// Encrypts the whole blocks `plain` into `out`, which must be as long.
+    pub fn encrypt_blocks_from(
+        &self,
+        first_block: u64,
+        plain: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), XtsError> {
+        if plain.len() != out.len() {
+            return Err(XtsError::LengthMismatch);
+        }
+        self.process_blocks(first_block, Some(plain), out, Direction::Encrypt)
+    }
+
+    /// Runs of whole blocks, cut where they cross a data unit, each started from its
+    /// unit's tweak advanced to the block's position in the unit.
+    fn process_blocks(
+        &self,
+        first_block: u64,
+        source: Option<&[u8]>,
+        out: &mut [u8],
+        dir: Direction,
+    ) -> Result<(), XtsError> {
+        if !out.len().is_multiple_of(BLOCK) {
+            return Err(XtsError::PartialBlock);
+        }
+        let mut block = first_block;
+        let mut done = 0;
+        while done < out.len() {
+            let in_unit = block % UNIT_BLOCKS;
+            let run = ((UNIT_BLOCKS - in_unit) as usize * BLOCK).min(out.len() - done);
+            let tweak = advance(self.initial_tweak(block / UNIT_BLOCKS), in_unit);
+            let chunk = &mut out[done..done + run];
+            self.batch(tweak, source.map(|s| &s[done..done + run]), chunk, dir);
+            done += run;
+            block += (run / BLOCK) as u64;
         }
         Ok(())
     }
@@ -186,6 +246,12 @@ fn xor_tweak(block: &mut [u8; BLOCK], tweak: u128) {
 /// Multiplication by the primitive element α in GF(2^128), little-endian (IEEE 1619).
 fn mul_alpha(t: u128) -> u128 {
     (t << 1) ^ if t >> 127 == 1 { 0x87 } else { 0 }
+}
+
+/// `t`·α^`n`: the tweak `n` blocks further into a unit.
+fn advance(t: u128, n: u64) -> u128 {
+    let t = (0..n / 8).fold(t, |t, _| mul_alpha8(t));
+    (0..n % 8).fold(t, |t, _| mul_alpha(t))
 }
 
 /// Chains of tweaks stepped together: each multiplication waits only on the one eight
@@ -307,6 +373,38 @@ mod tests {
             ours.encrypt_unit_from(0, &[], &mut []),
             Err(XtsError::EmptyUnit)
         );
+    }
+
+    /// Any run of blocks encrypts as the same blocks of whole units do, wherever it starts
+    /// and however many unit boundaries it crosses.
+    #[test]
+    fn block_runs_match_whole_units() {
+        let ours = Xts256::new(&key());
+        let units = 3u64;
+        let plain: Vec<u8> = (0..units as usize * 4096).map(|i| (i * 7 + 1) as u8).collect();
+        let mut whole = plain.clone();
+        for (u, unit) in whole.chunks_mut(4096).enumerate() {
+            ours.encrypt_unit(10 + u as u64, unit).unwrap();
+        }
+        let first = 10 * UNIT_BLOCKS;
+        for (start, blocks) in [(0, 1), (3, 1), (255, 2), (250, 300), (0, 768), (17, 600)] {
+            let range = start * BLOCK..(start + blocks) * BLOCK;
+            let mut run = plain[range.clone()].to_vec();
+            ours.encrypt_blocks(first + start as u64, &mut run).unwrap();
+            assert_eq!(run, whole[range.clone()], "blocks {start}+{blocks}");
+            let mut out = vec![0x5a; run.len()];
+            ours.encrypt_blocks_from(first + start as u64, &plain[range.clone()], &mut out)
+                .unwrap();
+            assert_eq!(out, run);
+            ours.decrypt_blocks(first + start as u64, &mut run).unwrap();
+            assert_eq!(run, plain[range]);
+        }
+        assert_eq!(ours.encrypt_blocks(0, &mut [0; 17]), Err(XtsError::PartialBlock));
+        assert_eq!(
+            ours.encrypt_blocks_from(0, &[0; 32], &mut [0; 16]),
+            Err(XtsError::LengthMismatch)
+        );
+        ours.encrypt_blocks(5, &mut []).unwrap();
     }
 
     #[test]

@@ -5,13 +5,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo, TimeOrNow};
 
-use crate::volume::file_header::plaintext_len;
+use crate::volume::file_header::FileFormat;
 
-pub fn file_attr(id: u64, st: &libc::stat) -> FileAttr {
+/// Attributes of a backing object; a regular file's size is decoded as `format`.
+pub fn file_attr(id: u64, st: &libc::stat, format: FileFormat) -> FileAttr {
     let kind = kind_from_mode(st.st_mode);
     let size = match kind {
-        // A file too short for its header reads as empty; reads report the damage.
-        FileType::RegularFile => plaintext_len(st.st_size as u64).unwrap_or(0),
+        // A file whose length no plaintext length gives reads as empty; reads report the
+        // damage.
+        FileType::RegularFile => format.plaintext_len(st.st_size as u64).unwrap_or(0),
         FileType::Symlink => symlink_plain_len(st.st_size as u64),
         _ => st.st_size as u64,
     };

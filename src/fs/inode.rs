@@ -13,14 +13,16 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use fuser::Errno;
 
+use super::contents::{self, HeaderProblem};
 use super::errno::{corrupt, lock};
 use crate::crypto::xts::Xts256;
 use crate::crypto::VolumeKey;
-use crate::volume::file_header::{FileHeader, FILE_HEADER_LEN};
+use crate::volume::file_header::{FileFormat, FileHeader, FILE_HEADER_LEN};
+use crate::volume::header::VolumeFormat;
 
 pub const ROOT_ID: u64 = 1;
 const SYNTHETIC_IDS: u64 = 1 << 63;
@@ -33,8 +35,17 @@ pub struct Node {
     /// Shared for reads and in-place whole-unit writes; exclusive for anything that
     /// reads-modifies-writes a unit or changes the length.
     pub content_lock: RwLock<()>,
-    /// The file's contents cipher, derived once from its header nonce.
-    cipher: Mutex<Option<Arc<Xts256>>>,
+    /// The file's contents key, derived once from its header.
+    key: Mutex<Option<Arc<FileKey>>>,
+    /// The file's format once its header has been read (format 1 volumes, where it
+    /// varies by file).
+    format: OnceLock<FileFormat>,
+}
+
+/// What a file's header says: its format and its contents cipher.
+pub struct FileKey {
+    pub cipher: Xts256,
+    pub format: FileFormat,
 }
 
 impl Node {
@@ -42,41 +53,79 @@ impl Node {
         self.fd.as_fd()
     }
 
-    /// The cipher for this file's contents, reading the file header on first use.
-    /// `None` while the file is empty and has no header yet.
-    pub fn cipher(&self, file: &File, dek: &VolumeKey) -> Result<Option<Arc<Xts256>>, Errno> {
-        let mut cached = lock(&self.cipher)?;
-        if let Some(cipher) = cached.as_ref() {
-            return Ok(Some(cipher.clone()));
+    /// The file's format: the volume's, or in a format 1 volume the one its header says.
+    /// An empty or unreadable file counts as the volume's (reads report the damage).
+    pub fn format(&self, volume: VolumeFormat) -> FileFormat {
+        if volume == VolumeFormat::V2 {
+            return FileFormat::V2;
+        }
+        if let Some(format) = self.format.get() {
+            return *format;
         }
         let mut bytes = [0u8; FILE_HEADER_LEN];
-        let n = file.read_at(&mut bytes, 0).map_err(Errno::from)?;
-        if n == 0 {
-            return Ok(None);
+        let header = super::backing::reopen(self.fd(), libc::O_RDONLY | libc::O_NONBLOCK)
+            .and_then(|file| file.read_exact_at(&mut bytes, 0))
+            .ok()
+            .and_then(|()| FileHeader::decode(&bytes).ok());
+        match header {
+            Some(header) => *self.format.get_or_init(|| header.format),
+            None => volume.new_files(),
         }
-        let header = FileHeader::decode(&bytes[..n]).map_err(|e| corrupt(self.fd(), &e))?;
-        let cipher = Arc::new(dek.file_cipher(&header.nonce));
-        *cached = Some(cipher.clone());
-        Ok(Some(cipher))
     }
 
-    /// The cipher, writing a fresh file header first if the file has none. Callers hold
-    /// the content lock exclusively, so two writers cannot both create a header.
-    pub fn cipher_or_create(&self, file: &File, dek: &VolumeKey) -> Result<Arc<Xts256>, Errno> {
-        if let Some(cipher) = self.cipher(file, dek)? {
-            return Ok(cipher);
+    /// The file's contents key, reading its header on first use. `None` while the file
+    /// has no header: it is empty, or (format 2) a crash kept its length but not its
+    /// header, which was never synced, so it reads as zeros.
+    pub fn key(
+        &self,
+        file: &File,
+        dek: &VolumeKey,
+        volume: VolumeFormat,
+    ) -> Result<Option<Arc<FileKey>>, Errno> {
+        let mut cached = lock(&self.key)?;
+        if let Some(key) = cached.as_ref() {
+            return Ok(Some(key.clone()));
         }
-        let header = FileHeader::generate().map_err(|_| Errno::EIO)?;
-        file.write_all_at(&header.encode(), 0)
-            .map_err(Errno::from)?;
-        let cipher = Arc::new(dek.file_cipher(&header.nonce));
-        *lock(&self.cipher)? = Some(cipher.clone());
-        Ok(cipher)
+        let header = match contents::read_header(file, volume) {
+            Ok(Some(header)) => header,
+            Ok(None) => return Ok(None),
+            Err(HeaderProblem::Io(e)) => return Err(Errno::from(e)),
+            Err(e) => return Err(corrupt(self.fd(), &e)),
+        };
+        let key = Arc::new(FileKey {
+            cipher: dek.file_cipher(&header.nonce),
+            format: header.format,
+        });
+        let _ = self.format.set(header.format);
+        *cached = Some(key.clone());
+        Ok(Some(key))
+    }
+
+    /// The key, writing a fresh file header first if the file has none. Callers hold
+    /// the content lock exclusively, so two writers cannot both create a header.
+    pub fn key_or_create(
+        &self,
+        file: &File,
+        dek: &VolumeKey,
+        volume: VolumeFormat,
+    ) -> Result<Arc<FileKey>, Errno> {
+        if let Some(key) = self.key(file, dek, volume)? {
+            return Ok(key);
+        }
+        let format = volume.new_files();
+        let header = FileHeader::generate(format).map_err(|_| Errno::EIO)?;
+        contents::start_file(file, &header).map_err(Errno::from)?;
+        let key = Arc::new(FileKey {
+            cipher: dek.file_cipher(&header.nonce),
+            format,
+        });
+        *lock(&self.key)? = Some(key.clone());
+        Ok(key)
     }
 
     /// Drops the cached contents key (it zeroizes when the last user is done).
-    pub fn forget_cipher(&self) {
-        if let Ok(mut cached) = self.cipher.lock() {
+    pub fn forget_key(&self) {
+        if let Ok(mut cached) = self.key.lock() {
             *cached = None;
         }
     }
@@ -174,9 +223,9 @@ impl InodeTable {
     }
 
     /// Drops every cached contents key.
-    pub fn forget_ciphers(&self) {
+    pub fn forget_keys(&self) {
         if let Ok(tables) = self.tables.lock() {
-            tables.nodes.values().for_each(|node| node.forget_cipher());
+            tables.nodes.values().for_each(|node| node.forget_key());
         }
     }
 }
@@ -188,6 +237,7 @@ fn new_node(id: u64, fd: OwnedFd, backing_key: (u64, u64)) -> Node {
         backing_key,
         lookups: AtomicU64::new(1),
         content_lock: RwLock::new(()),
-        cipher: Mutex::new(None),
+        key: Mutex::new(None),
+        format: OnceLock::new(),
     }
 }

@@ -22,6 +22,8 @@ use crate::crypto::names::{BackingEntry, BackingName, NameCipher};
 pub use attr::CallerIds;
 use attr::{file_attr, Times};
 use contents::Contents;
+use crate::volume::file_header::FileFormat;
+use crate::volume::header::VolumeFormat;
 use errno::{backing_path, corrupt};
 use handle::{DirEntry, Handle, HandleTable};
 use inode::{InodeTable, Node};
@@ -33,6 +35,8 @@ pub struct FsOptions {
     pub read_only: bool,
     /// Every handle bypasses the kernel page cache, not only write-only and O_DIRECT ones.
     pub direct_io: bool,
+    /// The volume's format: which file formats it holds and creates.
+    pub format: VolumeFormat,
 }
 
 pub struct XtsFs {
@@ -100,7 +104,7 @@ impl XtsFs {
     /// makes it durable.
     pub fn withdraw_keys(&self, notifier: Option<&fuser::Notifier>) {
         self.keyring.withdraw();
-        self.inodes.forget_ciphers();
+        self.inodes.forget_keys();
         if let Some(notifier) = notifier {
             for id in self.inodes.ids() {
                 // ENOENT just means the kernel already dropped that inode.
@@ -138,7 +142,16 @@ impl XtsFs {
 
     fn attr_of(&self, node: &Node) -> Result<FileAttr, Errno> {
         let st = backing::stat(node.fd()).map_err(Errno::from)?;
-        Ok(file_attr(node.id, &st))
+        Ok(self.file_attr(node, &st))
+    }
+
+    fn file_attr(&self, node: &Node, st: &libc::stat) -> FileAttr {
+        let format = if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            node.format(self.options.format)
+        } else {
+            self.options.format.new_files()
+        };
+        file_attr(node.id, st, format)
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, Errno> {
@@ -159,7 +172,7 @@ impl XtsFs {
         let st = backing::stat(fd.as_fd()).map_err(Errno::from)?;
         let node = self.inodes.intern(fd, &st)?;
         Ok(Entry {
-            attr: file_attr(node.id, &st),
+            attr: self.file_attr(&node, &st),
         })
     }
 
@@ -208,18 +221,18 @@ impl XtsFs {
         size: u64,
         secrets: &VolumeSecrets,
     ) -> Result<(), Errno> {
-        let _exclusive = node.content_lock.write().map_err(|_| Errno::EIO)?;
-        let len = plain_len(node, file)?;
-        if size == len {
-            return Ok(());
+        let cleared = self.write_contents(node, file, secrets, |contents, len| {
+            if size == len {
+                return Ok(false);
+            }
+            contents.resize(len, size).map_err(Errno::from)?;
+            Ok(size == 0 && contents.format == FileFormat::V2)
+        })?;
+        if cleared {
+            // The header went with the data: the next write starts over with a new nonce.
+            node.forget_key();
         }
-        let cipher = node.cipher_or_create(file, &secrets.dek)?;
-        Contents {
-            file,
-            cipher: &cipher,
-        }
-        .resize(len, size)
-        .map_err(Errno::from)
+        Ok(())
     }
 
     pub fn readlink(&self, id: u64) -> Result<Vec<u8>, Errno> {
@@ -421,8 +434,7 @@ impl XtsFs {
         let file = backing::reopen(node.fd(), access).map_err(Errno::from)?;
         // A damaged file fails to open: its size may read as 0, so the kernel would never
         // send the read that reports the damage.
-        plain_len(&node, &file)?;
-        node.cipher(&file, &secrets.dek)?;
+        self.read_contents(&node, &file, &secrets, |_, _| Ok(()))?;
         if trunc {
             self.truncate(&node, &file, 0, &secrets)?;
         }
@@ -444,17 +456,17 @@ impl XtsFs {
         let secrets = self.keyring.get()?;
         let handle = self.handles.get(fh)?;
         let (node, file) = (handle.node(), handle.file().ok_or(Errno::EISDIR)?);
-        let _shared = node.content_lock.read().map_err(|_| Errno::EIO)?;
-        let len = plain_len(node, file)?;
-        let Some(cipher) = node.cipher(file, &secrets.dek)? else {
-            return Ok(0..0);
-        };
-        Contents {
-            file,
-            cipher: &cipher,
-        }
-        .read(offset, size as usize, len, buf)
-        .map_err(Errno::from)
+        self.read_contents(node, file, &secrets, |contents, len| match contents {
+            Some(contents) => contents
+                .read(offset, size as usize, len, buf)
+                .map_err(Errno::from),
+            None => {
+                let n = len.saturating_sub(offset).min(size.into()) as usize;
+                buf.clear();
+                buf.resize(n, 0);
+                Ok(0..n)
+            }
+        })
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
@@ -462,33 +474,63 @@ impl XtsFs {
         let handle = self.handles.get(fh)?;
         let (node, file) = (handle.node(), handle.writable_file()?);
         let written = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
-        // Whole units inside the file that leave its last unit alone go in parallel.
-        if is_unit_aligned(offset, data.len()) {
-            let _shared = node.content_lock.read().map_err(|_| Errno::EIO)?;
-            let len = plain_len(node, file)?;
-            let end = offset + data.len() as u64;
-            if len % contents::UNIT == 0 || end <= len / contents::UNIT * contents::UNIT {
-                if let Some(cipher) = node.cipher(file, &secrets.dek)? {
-                    Contents {
-                        file,
-                        cipher: &cipher,
-                    }
-                    .write(offset, data, len)
-                    .map_err(Errno::from)?;
-                    return Ok(written);
-                }
+        // Writes that rewrite only their own bytes and keep the length go in parallel.
+        let in_place = self.read_contents(node, file, &secrets, |contents, len| match contents {
+            Some(c) if Contents::<File>::writes_in_place(c.format, offset, data.len(), len) => {
+                c.write(offset, data, len).map_err(Errno::from)?;
+                Ok(true)
             }
+            _ => Ok(false),
+        })?;
+        if !in_place {
+            self.write_contents(node, file, &secrets, |contents, len| {
+                contents.write(offset, data, len).map_err(Errno::from)
+            })?;
         }
-        let _exclusive = node.content_lock.write().map_err(|_| Errno::EIO)?;
-        let len = plain_len(node, file)?;
-        let cipher = node.cipher_or_create(file, &secrets.dek)?;
-        Contents {
-            file,
-            cipher: &cipher,
-        }
-        .write(offset, data, len)
-        .map_err(Errno::from)?;
         Ok(written)
+    }
+
+    /// Runs `f` on a file's contents and plaintext length under the shared content lock;
+    /// `None` for a file without a header, which reads as zeros.
+    fn read_contents<R>(
+        &self,
+        node: &Node,
+        file: &File,
+        secrets: &VolumeSecrets,
+        f: impl FnOnce(Option<&Contents<'_>>, u64) -> Result<R, Errno>,
+    ) -> Result<R, Errno> {
+        let _shared = node.content_lock.read().map_err(|_| Errno::EIO)?;
+        let key = node.key(file, &secrets.dek, self.options.format)?;
+        let format = key.as_ref().map_or(self.options.format.new_files(), |k| k.format);
+        let len = plain_len(format, node, file)?;
+        let contents = key.as_ref().map(|key| Contents {
+            file,
+            cipher: &key.cipher,
+            format: key.format,
+        });
+        f(contents.as_ref(), len)
+    }
+
+    /// Runs `f` on a file's contents and plaintext length under the exclusive content
+    /// lock, writing a file header first if the file has none.
+    fn write_contents<R>(
+        &self,
+        node: &Node,
+        file: &File,
+        secrets: &VolumeSecrets,
+        f: impl FnOnce(&Contents<'_>, u64) -> Result<R, Errno>,
+    ) -> Result<R, Errno> {
+        let _exclusive = node.content_lock.write().map_err(|_| Errno::EIO)?;
+        let key = node.key_or_create(file, &secrets.dek, self.options.format)?;
+        let len = plain_len(key.format, node, file)?;
+        f(
+            &Contents {
+                file,
+                cipher: &key.cipher,
+                format: key.format,
+            },
+            len,
+        )
     }
 
     /// Whether a handle opened with `flags` bypasses the kernel page cache. A write-only
@@ -504,8 +546,6 @@ impl XtsFs {
         let handle = self.handles.get(fh)?;
         let (node, file) = (handle.node(), handle.writable_file()?);
         let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
-        let _exclusive = node.content_lock.write().map_err(|_| Errno::EIO)?;
-        let len = plain_len(node, file)?;
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let zeroing = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE);
         match mode & !libc::FALLOC_FL_KEEP_SIZE {
@@ -515,28 +555,25 @@ impl XtsFs {
         if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 && !keep_size {
             return Err(Errno::EOPNOTSUPP);
         }
-        let cipher = node.cipher_or_create(file, &secrets.dek)?;
-        let contents = Contents {
-            file,
-            cipher: &cipher,
-        };
-        if zeroing != 0 {
-            contents.zero(offset..end, len).map_err(Errno::from)?;
-        }
-        if !keep_size && end > len {
-            contents.resize(len, end).map_err(Errno::from)?;
-        }
-        if zeroing == 0 {
-            // Allocated backing blocks read as zeros, i.e. as holes: contents unchanged.
-            backing::fallocate(
-                file,
-                libc::FALLOC_FL_KEEP_SIZE,
-                contents::HEADER + offset,
-                length,
-            )
-            .map_err(Errno::from)?;
-        }
-        Ok(())
+        self.write_contents(node, file, &secrets, |contents, len| {
+            if zeroing != 0 {
+                contents.zero(offset..end, len).map_err(Errno::from)?;
+            }
+            if !keep_size && end > len {
+                contents.resize(len, end).map_err(Errno::from)?;
+            }
+            if zeroing == 0 {
+                // Allocated backing blocks read as zeros, i.e. as holes: contents unchanged.
+                backing::fallocate(
+                    file,
+                    libc::FALLOC_FL_KEEP_SIZE,
+                    contents.format.data_offset() + offset,
+                    length,
+                )
+                .map_err(Errno::from)?;
+            }
+            Ok(())
+        })
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Errno> {
@@ -620,17 +657,16 @@ impl XtsFs {
     }
 }
 
-fn is_unit_aligned(offset: u64, len: usize) -> bool {
-    offset.is_multiple_of(contents::UNIT) && (len as u64).is_multiple_of(contents::UNIT)
-}
-
-/// The plaintext length of an open backing file.
-fn plain_len(node: &Node, file: &File) -> Result<u64, Errno> {
+/// The plaintext length of an open backing file of `format`.
+fn plain_len(format: FileFormat, node: &Node, file: &File) -> Result<u64, Errno> {
     let backing_len = file.metadata().map_err(Errno::from)?.len();
-    crate::volume::file_header::plaintext_len(backing_len).ok_or_else(|| {
+    format.plaintext_len(backing_len).ok_or_else(|| {
         corrupt(
             node.fd(),
-            &format_args!("{backing_len} bytes is shorter than a file header"),
+            &format_args!(
+                "{backing_len} bytes is no length of a format {} file",
+                format.version()
+            ),
         )
     })
 }

@@ -3,7 +3,7 @@
 //! | bytes      | field                                        |
 //! |------------|----------------------------------------------|
 //! | 0..8       | magic `XTSFSVOL`                             |
-//! | 8..10      | format version, u16 LE (1)                   |
+//! | 8..10      | format version, u16 LE (1 or 2)              |
 //! | 10..14     | body length N, u32 LE (at most 64 KiB)       |
 //! | 14..14+N   | body: UTF-8 JSON, see [`HeaderBody`]         |
 //! | 14+N..+32  | HMAC-SHA256 over bytes 0..14+N, keyed from the DEK |
@@ -17,8 +17,52 @@ use sha2::Sha256;
 
 use crate::crypto::{VolumeKey, DATA_UNIT};
 use crate::keys::Protector;
+use crate::volume::file_header::FileFormat;
 
-pub const FORMAT_VERSION: u16 = 1;
+/// The volume format version: it says which file format new files get and which file
+/// formats the volume may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VolumeFormat {
+    /// Files in format 1, and, while `xtsfs upgrade` has not finished, format 2.
+    V1,
+    /// Files in format 2 only; the header carries an epoch.
+    #[default]
+    V2,
+}
+
+impl VolumeFormat {
+    pub const LATEST: VolumeFormat = VolumeFormat::V2;
+
+    pub fn version(self) -> u16 {
+        match self {
+            VolumeFormat::V1 => 1,
+            VolumeFormat::V2 => 2,
+        }
+    }
+
+    pub fn from_version(version: u16) -> Option<Self> {
+        match version {
+            1 => Some(VolumeFormat::V1),
+            2 => Some(VolumeFormat::V2),
+            _ => None,
+        }
+    }
+
+    /// The format of files created in the volume.
+    pub fn new_files(self) -> FileFormat {
+        match self {
+            VolumeFormat::V1 => FileFormat::V1,
+            VolumeFormat::V2 => FileFormat::V2,
+        }
+    }
+
+    /// Whether a file of `format` belongs in the volume. A format 1 volume holds format
+    /// 2 files where an interrupted `xtsfs upgrade` converted them; a format 2 volume was
+    /// upgraded completely, so a format 1 file in it was put there from outside.
+    pub fn accepts(self, format: FileFormat) -> bool {
+        self == VolumeFormat::V1 || format == FileFormat::V2
+    }
+}
 pub const CIPHER: &str = "aes-256-xts";
 pub const NAMES_ENCRYPTED: &str = "aes-256-siv";
 pub const NAMES_PLAINTEXT: &str = "plaintext";
@@ -35,7 +79,13 @@ pub struct HeaderBody {
     pub data_unit_size: u32,
     pub names: String,
     pub created_at: String,
+    /// Format 2: counts the header's rewrites, starting at 1, under the MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     pub protector: Protector,
+    /// From the binary prefix, not the JSON body.
+    #[serde(skip)]
+    pub format: VolumeFormat,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,7 +94,7 @@ pub enum HeaderError {
     Truncated(usize),
     #[error("the header does not start with the xtsfs magic")]
     BadMagic,
-    #[error("header format version {0} is not supported by this xtsfs (it reads version {FORMAT_VERSION})")]
+    #[error("header format version {0} is not supported by this xtsfs (it reads versions 1 and 2)")]
     Version(u16),
     #[error("the header's length field says {declared} body bytes but the file holds {actual}")]
     Length { declared: usize, actual: usize },
@@ -59,7 +109,7 @@ impl HeaderBody {
         let body = serde_json::to_vec_pretty(self).expect("header body serializes");
         let mut out = Vec::with_capacity(PREFIX_LEN + body.len() + MAC_LEN);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.format.version().to_le_bytes());
         out.extend_from_slice(&(body.len() as u32).to_le_bytes());
         out.extend_from_slice(&body);
         let mac = mac(dek, &out);
@@ -76,16 +126,16 @@ impl HeaderBody {
             return Err(HeaderError::BadMagic);
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != FORMAT_VERSION {
-            return Err(HeaderError::Version(version));
-        }
+        let format = VolumeFormat::from_version(version).ok_or(HeaderError::Version(version))?;
         let declared = u32::from_le_bytes(bytes[10..14].try_into().expect("4 bytes")) as usize;
         let actual = bytes.len() - PREFIX_LEN - MAC_LEN;
         if declared != actual || declared > MAX_BODY {
             return Err(HeaderError::Length { declared, actual });
         }
-        let body: HeaderBody = serde_json::from_slice(&bytes[PREFIX_LEN..PREFIX_LEN + declared])
-            .map_err(|e| HeaderError::Body(e.to_string()))?;
+        let mut body: HeaderBody =
+            serde_json::from_slice(&bytes[PREFIX_LEN..PREFIX_LEN + declared])
+                .map_err(|e| HeaderError::Body(e.to_string()))?;
+        body.format = format;
         body.validate()?;
         Ok(body)
     }
@@ -107,6 +157,13 @@ impl HeaderBody {
         if self.names != NAMES_ENCRYPTED && self.names != NAMES_PLAINTEXT {
             return bad(format!("names mode '{}' is not known", self.names));
         }
+        match (self.format, self.epoch) {
+            (VolumeFormat::V1, Some(_)) => return bad("a format 1 header has no epoch".into()),
+            (VolumeFormat::V2, None | Some(0)) => {
+                return bad("a format 2 header needs an epoch of 1 or more".into())
+            }
+            _ => {}
+        }
         if self.protector.wrapped_bytes().is_none() {
             return bad("the protector's wrapped key is not valid base64".into());
         }
@@ -115,6 +172,15 @@ impl HeaderBody {
 
     pub fn names_encrypted(&self) -> bool {
         self.names == NAMES_ENCRYPTED
+    }
+
+    /// The same header with `protector`, as its next rewrite.
+    pub fn with_protector(&self, protector: Protector) -> HeaderBody {
+        HeaderBody {
+            protector,
+            epoch: self.epoch.map(|epoch| epoch + 1),
+            ..self.clone()
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use crate::crypto::{random_array, VolumeKey, DATA_UNIT};
 use crate::error::Error;
 use crate::keys::mmk::PlatformKeyStore;
 use crate::keys::{wrap_checked, KeyContext, KeyError, KeyProvider, KeyRef, Protector};
-use header::HeaderBody;
+use header::{HeaderBody, VolumeFormat};
 
 pub const HEADER_FILE: &str = "xtsfs.header";
 const HEADER_TMP: &str = "xtsfs.header.tmp";
@@ -45,6 +45,7 @@ pub fn init(
     key: &KeyRef,
     ctx: &KeyContext,
     encrypt_names: bool,
+    format: VolumeFormat,
 ) -> Result<HeaderBody, Error> {
     ensure_empty(backing)?;
     let provider = open_for_wrapping(key, ctx)?;
@@ -62,7 +63,9 @@ pub fn init(
         }
         .into(),
         created_at: now,
+        epoch: (format == VolumeFormat::V2).then_some(1),
         protector,
+        format,
     };
     create_layout(backing, 0o755)?;
     write_header(backing, &body.encode(&dek))?;
@@ -170,10 +173,7 @@ pub fn rewrap(
     let volume = unlock(backing, ctx, current_key)?;
     let provider = open_for_wrapping(new_key, ctx)?;
     let protector = wrap_checked(provider.as_ref(), &volume.dek)?;
-    let new = HeaderBody {
-        protector,
-        ..volume.header.clone()
-    };
+    let new = volume.header.with_protector(protector);
     write_header(backing, &new.encode(&volume.dek))?;
     Ok((volume.header, new))
 }
@@ -191,10 +191,7 @@ pub fn replace_protector(
     if &current.protector != expected {
         return Ok(None);
     }
-    let body = HeaderBody {
-        protector: new,
-        ..current
-    };
+    let body = current.with_protector(new);
     write_header(backing, &body.encode(dek))?;
     Ok(Some(body))
 }

@@ -1,5 +1,4 @@
-//! Encrypted file contents over a backing file: positional reads and writes in whole
-//! 4 KiB data units, coalesced into one backing pread/pwrite per request.
+//! Format 1 contents: positional reads and writes in whole 4 KiB data units.
 //!
 //! The plaintext length is the backing length minus the file header, so a unit's XTS
 //! length depends on the file length: when a file grows past a partial last unit, that
@@ -9,41 +8,26 @@
 //! ciphertext is all zeros for 1 in 256^n unit indices, so it is always decrypted, and
 //! growing or zeroing never leaves one as a hole.
 
-use std::cell::RefCell;
-use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 
+use super::{read_full, with_thread_buffer, BackingFile, UNIT};
 use crate::crypto::xts::{Xts256, BLOCK};
 use crate::crypto::DATA_UNIT;
-use crate::volume::file_header::FILE_HEADER_LEN;
+use crate::volume::file_header::FileFormat;
 
-pub const UNIT: u64 = DATA_UNIT as u64;
-pub const HEADER: u64 = FILE_HEADER_LEN as u64;
+const HEADER: u64 = FileFormat::V1.data_offset();
 
-/// The contents of one backing file, seen through its XTS cipher. Callers hold the file's
-/// content lock: shared for reads and for writes of whole units that don't change the
-/// last unit, exclusive otherwise.
-pub struct Contents<'a> {
-    pub file: &'a File,
+/// Format 1 contents; see [`super::Contents`] for the locking rules.
+pub(super) struct V1<'a, F: ?Sized> {
+    pub file: &'a F,
     pub cipher: &'a Xts256,
 }
 
-impl Contents<'_> {
-    /// Reads `size` bytes at `offset` into `buf` (reused across calls); returns the range
-    /// of `buf` to reply with.
-    pub fn read(
-        &self,
-        offset: u64,
-        size: usize,
-        len: u64,
-        buf: &mut Vec<u8>,
-    ) -> io::Result<Range<usize>> {
-        if offset >= len || size == 0 {
-            return Ok(0..0);
-        }
-        let end = len.min(offset.saturating_add(size as u64));
+impl<F: BackingFile + ?Sized> V1<'_, F> {
+    /// Reads plaintext `range` (inside the file) into `buf`; returns where it is in `buf`.
+    pub fn read(&self, range: Range<u64>, len: u64, buf: &mut Vec<u8>) -> io::Result<Range<usize>> {
+        let (offset, end) = (range.start, range.end);
         let first = offset / UNIT;
         let run = first * UNIT..len.min(end.div_ceil(UNIT) * UNIT);
         // Every byte is overwritten by read_full, so a reused buffer needs no clearing.
@@ -56,13 +40,7 @@ impl Contents<'_> {
 
     /// Writes `data` at `offset` into a file of plaintext length `len`.
     pub fn write(&self, offset: u64, data: &[u8], len: u64) -> io::Result<()> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|end| fits(*end))
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
+        let end = offset + data.len() as u64;
         let new_len = len.max(end);
         let first = offset / UNIT;
         // A partial last unit before the written range grows to its new length.
@@ -114,13 +92,7 @@ impl Contents<'_> {
 
     /// Changes the plaintext length from `len` to `new_len`.
     pub fn resize(&self, len: u64, new_len: u64) -> io::Result<()> {
-        if new_len == len {
-            return Ok(());
-        }
         if new_len > len {
-            if !fits(new_len) {
-                return Err(io::Error::from_raw_os_error(libc::EFBIG));
-            }
             let grown = self.grow(len, new_len);
             if grown.is_err() {
                 self.restore_len(len);
@@ -169,8 +141,7 @@ impl Contents<'_> {
         if range.start >= range.end {
             return Ok(());
         }
-        let reserved = super::backing::fallocate(
-            self.file,
+        let reserved = self.file.fallocate(
             libc::FALLOC_FL_KEEP_SIZE,
             HEADER + range.start,
             range.end - range.start,
@@ -185,8 +156,8 @@ impl Contents<'_> {
     /// length `len`, its last unit re-encrypted at that length again: a failed call leaves
     /// the file as it was.
     fn restore_len(&self, len: u64) {
-        let restored = self.file.metadata().and_then(|meta| {
-            let now = meta.len().saturating_sub(HEADER);
+        let restored = self.file.len().and_then(|backing_len| {
+            let now = backing_len.saturating_sub(HEADER);
             if now > len {
                 self.resize(now, len)
             } else {
@@ -201,10 +172,6 @@ impl Contents<'_> {
     /// Makes `range` (clamped to the file) read as zeros without changing the length:
     /// whole units become backing holes, partly covered units are rewritten.
     pub fn zero(&self, range: Range<u64>, len: u64) -> io::Result<()> {
-        let range = range.start..range.end.min(len);
-        if range.start >= range.end {
-            return Ok(());
-        }
         // Units wholly inside the range; the last unit counts as whole when the range runs to
         // the end of the file, unless it is too short to be a hole.
         let whole_end = if range.end == len && len % UNIT >= BLOCK as u64 {
@@ -214,8 +181,7 @@ impl Contents<'_> {
         };
         let whole = range.start.div_ceil(UNIT) * UNIT..whole_end;
         if whole.start < whole.end {
-            super::backing::fallocate(
-                self.file,
+            self.file.fallocate(
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
                 HEADER + whole.start,
                 whole.end - whole.start,
@@ -288,28 +254,6 @@ impl Contents<'_> {
     }
 }
 
-/// Whether a plaintext length, with the header before it, is a representable file offset.
-fn fits(len: u64) -> bool {
-    len <= i64::MAX as u64 - HEADER
-}
-
-thread_local! {
-    static THREAD_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` over this thread's buffer for a run of units, which holds an earlier request's
-/// bytes. A FUSE thread serves one read or write at a time, so one buffer per thread
-/// serves both, and a 1 MiB request does not allocate and page-fault in a fresh one.
-pub fn with_thread_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-    THREAD_BUFFER.with(|cell| {
-        // Taken out, not borrowed: a nested call gets an empty buffer instead of a panic.
-        let mut buf = cell.take();
-        let result = f(&mut buf);
-        cell.replace(buf);
-        result
-    })
-}
-
 /// The plaintext bytes of `unit` in a file of length `len`.
 fn unit_range(unit: u64, len: u64) -> Range<u64> {
     unit * UNIT..len.min((unit + 1) * UNIT)
@@ -324,117 +268,4 @@ fn unit_len(unit: u64, len: u64) -> usize {
 /// The first and last unit of a run, once each.
 fn edge_units(first: u64, last: u64) -> impl Iterator<Item = u64> {
     std::iter::once(first).chain((last != first).then_some(last))
-}
-
-/// Reads until `buf` is full; bytes past the backing end stay zero (a concurrent shrink
-/// by another handle reads as a hole, never as stale plaintext).
-fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf[done..].fill(0);
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::crypto::VolumeKey;
-    use crate::volume::file_header::FileHeader;
-    use proptest::prelude::*;
-
-    #[derive(Debug, Clone)]
-    enum Op {
-        Write { offset: u64, len: usize, seed: u8 },
-        Resize { len: u64 },
-        Zero { offset: u64, len: u64 },
-    }
-
-    /// Offsets cluster around unit boundaries and short tails, where the arithmetic is.
-    fn offset() -> impl Strategy<Value = u64> {
-        prop_oneof![
-            0..3 * UNIT + 40,
-            (0..5u64).prop_flat_map(|u| (u * UNIT).saturating_sub(17)..u * UNIT + 17)
-        ]
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            4 => (offset(), 1..2 * DATA_UNIT + 20, any::<u8>()).prop_map(|(offset, len, seed)| Op::Write { offset, len, seed }),
-            1 => offset().prop_map(|len| Op::Resize { len }),
-            1 => (offset(), 0..2 * UNIT + 20).prop_map(|(offset, len)| Op::Zero { offset, len }),
-        ]
-    }
-
-    fn apply(contents: &Contents<'_>, model: &mut Vec<u8>, op: &Op) {
-        let len = model.len() as u64;
-        match *op {
-            Op::Write {
-                offset,
-                len: n,
-                seed,
-            } => {
-                let data: Vec<u8> = (0..n).map(|i| seed.wrapping_add(i as u8) | 1).collect();
-                contents.write(offset, &data, len).unwrap();
-                let end = offset as usize + n;
-                if model.len() < end {
-                    model.resize(end, 0);
-                }
-                model[offset as usize..end].copy_from_slice(&data);
-            }
-            Op::Resize { len: new_len } => {
-                contents.resize(len, new_len).unwrap();
-                model.resize(new_len as usize, 0);
-            }
-            Op::Zero { offset, len: n } => {
-                contents.zero(offset..offset + n, len).unwrap();
-                let end = ((offset + n) as usize).min(model.len());
-                if (offset as usize) < end {
-                    model[offset as usize..end].fill(0);
-                }
-            }
-        }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
-
-        #[test]
-        fn contents_match_a_plain_byte_model(ops in prop::collection::vec(op(), 1..24)) {
-            let dek = VolumeKey::generate().unwrap();
-            let header = FileHeader::generate().unwrap();
-            let cipher = dek.file_cipher(&header.nonce);
-            let file = tempfile::tempfile().unwrap();
-            file.write_all_at(&header.encode(), 0).unwrap();
-            let contents = Contents { file: &file, cipher: &cipher };
-            let mut model = Vec::new();
-            for op in &ops {
-                // Every write starts from a buffer full of another request's bytes.
-                with_thread_buffer(|buf| {
-                    buf.clear();
-                    buf.resize(3 * DATA_UNIT, 0xa5);
-                });
-                apply(&contents, &mut model, op);
-                let backing_len = file.metadata().unwrap().len();
-                prop_assert_eq!(backing_len, HEADER + model.len() as u64, "length after {:?}", op);
-                let mut buf = Vec::new();
-                let range = contents.read(0, model.len() + 10, model.len() as u64, &mut buf).unwrap();
-                prop_assert!(&buf[range] == model.as_slice(), "contents after {:?}", op);
-            }
-            // Reads at every unit-straddling offset agree with the model too.
-            let len = model.len() as u64;
-            for start in (0..len).step_by(1361) {
-                let mut buf = vec![0xee; 3];
-                let range = contents.read(start, 5000, len, &mut buf).unwrap();
-                let end = (start as usize + 5000).min(model.len());
-                prop_assert!(buf[range] == model[start as usize..end]);
-            }
-        }
-    }
 }
