@@ -13,6 +13,8 @@
 //! Bytes past the length in the last block (its pad) are zero on every path that makes
 //! them part of the file again, and the marker bytes are only ever written as zeros or
 //! exposed by extending the file, so the length a crash leaves always reads correctly.
+//! Shrinks are made durable at once, so no crash state has a longer length than the file
+//! has now, and nothing written past the end can land inside a block a crash keeps.
 
 use std::io;
 use std::ops::Range;
@@ -99,7 +101,11 @@ impl<F: BackingFile + ?Sized> V2<'_, F> {
         });
         if written.is_err() && grows {
             // A failed write leaves the length as it was.
-            if let Err(e) = self.file.set_len(FileFormat::V2.backing_len(len)) {
+            let restored = self
+                .file
+                .set_len(FileFormat::V2.backing_len(len))
+                .and_then(|()| self.make_shrink_durable());
+            if let Err(e) = restored {
                 tracing::error!("could not undo a failed extension to {len} bytes: {e}");
             }
         }
@@ -131,7 +137,14 @@ impl<F: BackingFile + ?Sized> V2<'_, F> {
         if !new_len.is_multiple_of(B) {
             self.file.set_len(FileFormat::V2.backing_len(new_len))?;
         }
-        Ok(())
+        self.make_shrink_durable()
+    }
+
+    /// A shrink is made durable before anything else is written. Writers put zero marker
+    /// bytes past the end of the file; were the old, longer length still to come back in
+    /// a crash, those zeros would sit inside one of its blocks and tear it.
+    fn make_shrink_durable(&self) -> io::Result<()> {
+        self.file.sync_data()
     }
 
     /// Makes `range` (inside the file) read as zeros without changing the length: whole
