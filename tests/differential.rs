@@ -69,12 +69,38 @@ fn mount_matches_local_fs_under_random_operations() {
     };
     for seed in seeds {
         let started = Instant::now();
-        run_seed(seed, ops);
+        run_seed(seed, ops, Start::Init(&[]));
         eprintln!(
             "differential: seed {seed:#x}: {ops} ops in {:.1?}",
             started.elapsed()
         );
     }
+}
+
+/// Format 1 volumes keep mounting, reading and writing.
+#[test]
+fn format_1_volume_matches_local_fs() {
+    run_seed(
+        DEFAULT_SEEDS[1],
+        DEFAULT_OPS_PER_SEED / 2,
+        Start::Init(&["--format", "1"]),
+    );
+}
+
+/// The committed format 1 golden volume, with its contents, goes on working under random
+/// operations as it would after an xtsfs update.
+#[test]
+fn golden_format_1_volume_matches_local_fs() {
+    run_seed(DEFAULT_SEEDS[2], DEFAULT_OPS_PER_SEED / 2, Start::Golden("mmk"));
+}
+
+/// What the mount starts from.
+#[derive(Clone, Copy)]
+enum Start {
+    /// A new volume, `xtsfs init` given these arguments.
+    Init(&'static [&'static str]),
+    /// A copy of a golden volume; the reference starts as a copy of its plaintext.
+    Golden(&'static str),
 }
 
 // --- reproducers of bugs the differential run found --------------------------------------
@@ -1265,8 +1291,16 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn new(env: &'a TestEnv, seed: u64) -> Self {
-        let mut mount = env.mounted(&[]);
+    fn new(env: &'a TestEnv, seed: u64, start: Start) -> Self {
+        let mut mount = match start {
+            Start::Init(args) => env.mounted(args),
+            Start::Golden(kind) => {
+                common::golden_copy(env, kind);
+                let mut mount = env.existing();
+                mount.mount(&[]);
+                mount
+            }
+        };
         let mount_args: Vec<String> = std::env::var(MOUNT_ARGS_VAR)
             .unwrap_or_default()
             .split_whitespace()
@@ -1279,6 +1313,15 @@ impl<'a> Run<'a> {
         // sides' errors come from the same kind of file system.
         let reference = env.path("reference");
         fs::create_dir(&reference).expect("create reference dir");
+        if let Start::Golden(_) = start {
+            let copied = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(mount.mountpoint.join("."))
+                .arg(&reference)
+                .status()
+                .expect("run cp");
+            assert!(copied.success(), "copy the golden plaintext to the reference");
+        }
         Run {
             sides: [Side::new(mount.mountpoint.clone()), Side::new(reference)],
             mount,
@@ -1468,9 +1511,9 @@ impl<'a> Run<'a> {
 }
 
 /// Generates and applies `ops` operations from `seed`, comparing as it goes.
-fn run_seed(seed: u64, ops: usize) {
+fn run_seed(seed: u64, ops: usize, start: Start) {
     let env = TestEnv::new();
-    let mut run = Run::new(&env, seed);
+    let mut run = Run::new(&env, seed, start);
     let mut generator = Generator::new(seed);
     let mut applied = Vec::with_capacity(ops);
     let mut result = Ok(());

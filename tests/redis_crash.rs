@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::mount::wait_for_state;
 use common::sys::cpath;
 use common::{hex, path_str, pseudo_random_bytes, TestEnv};
 
@@ -315,13 +316,13 @@ fn wait_until_gone(what: &str, alive: impl Fn() -> bool) {
 // ---------------------------------------------------------------------------------------
 // The xtsfs daemon.
 
-/// The pid of the daemon serving `backing`, from `xtsfs status --json`, checked to be an
-/// xtsfs process.
-fn daemon_pid(env: &TestEnv, backing: &Path) -> i32 {
-    let status = env.status_json(backing);
+/// The pid of the daemon serving the mount at `mountpoint`, from its live status (which
+/// it publishes just after the mount answers), checked to be an xtsfs process.
+fn daemon_pid(env: &TestEnv, mountpoint: &Path) -> i32 {
+    let status = wait_for_state(env, mountpoint, "serving");
     let pid = status["live"]["pid"]
         .as_i64()
-        .unwrap_or_else(|| panic!("no live daemon in {status}")) as i32;
+        .unwrap_or_else(|| panic!("no daemon pid in {status}")) as i32;
     let exe = fs::read_link(format!("/proc/{pid}/exe")).expect("the daemon runs");
     assert_eq!(
         exe,
@@ -343,23 +344,38 @@ fn kill_daemon(pid: i32) {
     wait_until_gone("the xtsfs daemon", || pid_alive(pid));
 }
 
-fn is_dead_mount(mountpoint: &Path) -> bool {
-    fs::metadata(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+/// The file system type at `path`, from statfs(2), which always asks a FUSE daemon: unlike
+/// stat, it is never answered from the kernel's attribute cache.
+fn fs_type(path: &Path) -> io::Result<i64> {
+    let path = cpath(path);
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: a NUL-terminated path and room for the result.
+    common::sys::cvt(unsafe { libc::statfs(path.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: statfs succeeded.
+    Ok(unsafe { st.assume_init() }.f_type)
 }
 
-/// Detaches the FUSE mount left at `mountpoint` by a killed daemon: it answers every
-/// request with ENOTCONN, and `xtsfs unmount` cannot even resolve the path.
+fn is_dead_mount(mountpoint: &Path) -> bool {
+    fs_type(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+/// Detaches the FUSE mount left at `mountpoint` by a killed daemon. Every request to it
+/// fails with ENOTCONN, `xtsfs unmount` (which resolves the path first) included, unless
+/// the kernel happens to answer from its attribute cache, so this calls umount2 itself.
 fn detach_dead_mount(mountpoint: &Path) {
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
     assert!(
         is_dead_mount(mountpoint),
-        "the mount of a killed daemon answers ENOTCONN"
+        "the mount of a killed daemon answers ENOTCONN: {:?}",
+        fs_type(mountpoint)
     );
     let path = cpath(mountpoint);
     // SAFETY: a NUL-terminated path.
     let detached = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
     assert_eq!(detached, 0, "umount -l: {}", io::Error::last_os_error());
-    assert!(
-        fs::metadata(mountpoint).is_ok(),
+    let now = fs_type(mountpoint).expect("statfs the bare mount point");
+    assert_ne!(
+        now, FUSE_SUPER_MAGIC,
         "the mount point is a plain directory again"
     );
 }
@@ -585,12 +601,13 @@ fn acknowledged_increments_survive_sigkill_of_the_daemon() {
     let env = TestEnv::new();
     let mut m = env.mounted(&[]);
     let _dead_mount = DeadMountGuard(m.mountpoint.clone());
-    let daemon = daemon_pid(&env, &m.backing);
+    let daemon = daemon_pid(&env, &m.mountpoint);
 
     let mut redis = RedisServer::start(&env, &m.mountpoint, "redis-before-crash");
     let mut client = redis.client();
-    // Kill after 100 to 2000 acknowledged increments (at most 2 s past the 100th), from
-    // another thread while the stream runs: the kill lands anywhere in a request.
+    // Kill after 2000 acknowledged increments, or 2 s into the stream if that comes first
+    // (but not before 100), from another thread while the stream runs: the kill lands
+    // anywhere in a request.
     let (stream, ()) = incr_until_killed(
         &mut client,
         0,
@@ -689,7 +706,8 @@ fn aof_survives_redis_sigkill_during_bgrewriteaof() {
     };
 
     // Increments go to the new incremental file the rewrite opened. Redis (and its rewrite
-    // child) is killed after 20 to 1000 of them, at most 1 s past the 20th.
+    // child) is killed after 1000 of them, or 1 s into the stream if that comes first (but
+    // not before 20).
     let mut probe = redis.client();
     let (stream, in_progress) = incr_until_killed(
         &mut client,

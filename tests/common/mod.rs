@@ -274,3 +274,23 @@ impl Rng {
         &items[self.below(items.len() as u64) as usize]
     }
 }
+
+/// The committed golden volumes, one per key kind and format (tests/golden).
+pub const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
+
+/// A copy of golden volume `kind` as `env`'s backing directory, with its key, and the
+/// key modes git does not keep.
+pub fn golden_copy(env: &TestEnv, kind: &str) {
+    let golden = Path::new(GOLDEN).join(kind);
+    copy_tree(&golden.join("backing"), &env.backing());
+    if golden.join("platform-keys").exists() {
+        copy_tree(&golden.join("platform-keys"), &env.platform_key_dir());
+        set_mode(&env.platform_key_dir(), 0o700);
+        for key in fs::read_dir(env.platform_key_dir()).unwrap() {
+            set_mode(&key.unwrap().path(), 0o600);
+        }
+    } else {
+        fs::copy(golden.join("key.pem"), env.path("key.pem")).unwrap();
+        set_mode(&env.path("key.pem"), 0o600);
+    }
+}

@@ -28,11 +28,17 @@ impl TestEnv {
 
     /// Inits a volume with `init_args`, ready to be mounted with options of the test's own.
     pub fn initialized(&self, init_args: &[&str]) -> Mounted<'_> {
-        require_fuse();
         let backing = self.backing();
         let mut args = vec!["init", path_str(&backing)];
         args.extend_from_slice(init_args);
         assert_success(&self.xtsfs(&args), "init");
+        self.existing()
+    }
+
+    /// The volume already in the backing directory, ready to be mounted.
+    pub fn existing(&self) -> Mounted<'_> {
+        require_fuse();
+        let backing = self.backing();
         let mountpoint = self.path("mnt");
         fs::create_dir_all(&mountpoint).expect("create mount point");
         Mounted {
