@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::commands::{
     Command, Config, InitConfig, PlatformKeyAction, RewrapConfig, Settings, StatusConfig,
+    UpgradeConfig,
 };
 use crate::error::{Error, ExitCode};
 use crate::keycheck::OnKeyLoss;
@@ -93,6 +94,14 @@ enum Sub {
         /// Unwrap with this key instead of the one the header records.
         #[arg(long)]
         current_key: Option<String>,
+    },
+    /// Convert an unmounted format 1 volume to format 2 (every file is rewritten;
+    /// safe to interrupt: run it again to finish).
+    Upgrade {
+        backing: PathBuf,
+        /// Unwrap with this key instead of the one the header records.
+        #[arg(long)]
+        key: Option<String>,
     },
     /// Mount a volume; goes to the background once the mount is usable.
     Mount {
@@ -207,6 +216,10 @@ impl Opts {
                 backing,
                 key: parse_key(&key)?,
                 current_key: parse_opt(current_key)?,
+            }),
+            Sub::Upgrade { backing, key } => Command::Upgrade(UpgradeConfig {
+                backing,
+                key: parse_opt(key)?,
             }),
             Sub::Mount {
                 backing,

@@ -12,7 +12,7 @@ use crate::live::{self, LiveStatus, ServingState};
 use crate::mount::{self, MountConfig, UnmountConfig};
 use crate::process;
 use crate::volume::header::{HeaderBody, VolumeFormat};
-use crate::volume::{self, HEADER_FILE};
+use crate::volume::{self, upgrade, HEADER_FILE};
 
 pub struct Config {
     pub verbosity: u8,
@@ -32,6 +32,7 @@ pub enum Command {
     Init(InitConfig),
     Status(StatusConfig),
     Rewrap(RewrapConfig),
+    Upgrade(UpgradeConfig),
     PlatformKey(PlatformKeyAction),
     Mount(MountConfig),
     Unmount(UnmountConfig),
@@ -56,6 +57,11 @@ pub struct RewrapConfig {
     pub current_key: Option<KeyRef>,
 }
 
+pub struct UpgradeConfig {
+    pub backing: PathBuf,
+    pub key: Option<KeyRef>,
+}
+
 pub enum PlatformKeyAction {
     Create(String),
     List,
@@ -70,6 +76,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         Command::Init(c) => init(&c, settings),
         Command::Status(c) => status(&c, settings),
         Command::Rewrap(c) => rewrap(&c, settings),
+        Command::Upgrade(c) => upgrade(&c, settings),
         Command::PlatformKey(action) => platform_key(action, &settings.keys),
         Command::Mount(c) => mount::mount(&c, settings),
         Command::Unmount(c) => mount::unmount(&c),
@@ -151,6 +158,17 @@ fn rewrap(c: &RewrapConfig, settings: &Settings) -> Result<(), Error> {
         "to:   {} ({})",
         new.protector.key, new.protector.key.algorithm
     );
+    Ok(())
+}
+
+fn upgrade(c: &UpgradeConfig, settings: &Settings) -> Result<(), Error> {
+    use std::io::IsTerminal;
+    let mut view = upgrade::ProgressView::new(std::io::stderr().is_terminal());
+    let report = upgrade::upgrade(&c.backing, &settings.keys, c.key.as_ref(), &mut |event| {
+        view.event(event)
+    });
+    view.finish();
+    println!("{}", upgrade::summary(&report?, &c.backing));
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 pub mod file_header;
 pub mod header;
+pub mod upgrade;
 
 use std::fs::{self, DirBuilder, File};
 use std::io::{Read, Write};
