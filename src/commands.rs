@@ -85,7 +85,13 @@ pub fn run(config: Config) -> Result<(), Error> {
 
 fn init(c: &InitConfig, settings: &Settings) -> Result<(), Error> {
     let audit = Audit::open(settings.audit_log.as_deref())?;
-    let body = volume::init(&c.backing, &c.key, &settings.keys, c.encrypt_names, c.format)?;
+    let body = volume::init(
+        &c.backing,
+        &c.key,
+        &settings.keys,
+        c.encrypt_names,
+        c.format,
+    )?;
     audit.record(
         &body.volume_id,
         AuditEvent::Init,
@@ -176,6 +182,9 @@ fn upgrade(c: &UpgradeConfig, settings: &Settings) -> Result<(), Error> {
 struct StatusReport<'a> {
     volume_id: &'a str,
     format_version: u16,
+    /// Format 2: how many times the header was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<u64>,
     cipher: &'a str,
     data_unit_size: u32,
     names: &'a str,
@@ -236,6 +245,7 @@ fn report<'a>(
     StatusReport {
         volume_id: &body.volume_id,
         format_version: body.format.version(),
+        epoch: body.epoch,
         cipher: &body.cipher,
         data_unit_size: body.data_unit_size,
         names: &body.names,
@@ -256,7 +266,13 @@ fn report<'a>(
 
 fn print_status(r: &StatusReport<'_>) {
     println!("volume:      {}", r.volume_id);
-    println!("format:      {}", r.format_version);
+    match r.epoch {
+        Some(epoch) => println!("format:      {} (header epoch {epoch})", r.format_version),
+        None => println!(
+            "format:      {} (upgrade with: xtsfs upgrade BACKING)",
+            r.format_version
+        ),
+    }
     println!(
         "cipher:      {} ({}-byte data units)",
         r.cipher, r.data_unit_size

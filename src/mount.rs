@@ -21,10 +21,10 @@ use crate::crypto::VolumeKey;
 use crate::error::{Error, ExitCode};
 use crate::fs::adapter::FuseAdapter;
 use crate::fs::{FsOptions, Keyring, VolumeSecrets, XtsFs};
-use crate::volume::header::VolumeFormat;
 use crate::keycheck::{dek_fingerprint, KeyMonitor, MonitorRequest, OnKeyLoss};
 use crate::keys::{KeyDescription, KeyError, KeyRef};
 use crate::live::{self, LiveStatus, ServingState};
+use crate::volume::header::VolumeFormat;
 use crate::volume::{self, TREE_DIR};
 
 /// Set in the environment of the background daemon: the fd it reports readiness on.

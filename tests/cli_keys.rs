@@ -65,7 +65,8 @@ fn status_json_reports_the_format_and_the_protector() {
     let status = env.status_json(&backing);
     assert_eq!(status["volume_id"], header.volume_id.as_str());
     assert_eq!(status["volume_id"].as_str().unwrap().len(), 36);
-    assert_eq!(status["format_version"], 1);
+    assert_eq!(status["format_version"], 2);
+    assert_eq!(status["epoch"], 1);
     assert_eq!(status["cipher"], "aes-256-xts");
     assert_eq!(status["data_unit_size"], 4096);
     assert_eq!(status["names"], "aes-256-siv");

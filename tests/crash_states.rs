@@ -180,7 +180,7 @@ impl BackingFile for SimFile {
         Ok(())
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.borrow().current.len() as u64)
     }
 
@@ -199,7 +199,7 @@ impl BackingFile for SimFile {
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
         // A punched hole is zeros written in place, within the length.
-        let file_len = self.len()?;
+        let file_len = self.size()?;
         let end = (offset + len).min(file_len);
         if offset < end {
             self.write_all_at(&vec![0; (end - offset) as usize], offset)?;
@@ -248,7 +248,7 @@ impl Volume {
             }
         };
         let cipher = self.dek.file_cipher(&header.nonce);
-        let len = header.format.plaintext_len(file.len().unwrap()).unwrap();
+        let len = header.format.plaintext_len(file.size().unwrap()).unwrap();
         f(
             &Contents {
                 file,
@@ -273,7 +273,7 @@ impl Volume {
 
     /// Every plaintext byte, read as a mount would after a crash.
     fn read_all(&self, file: &SimFile) -> Result<Vec<u8>, String> {
-        let backing_len = file.len().unwrap();
+        let backing_len = file.size().unwrap();
         let header = self.header(file)?;
         let format = header.map_or(self.format.new_files(), |h| h.format);
         let len = format
@@ -364,9 +364,8 @@ impl Model {
         }
         read.iter().enumerate().find_map(|(at, b)| {
             let allowed = self.allowed.get(at).map_or(&[0u8][..], |v| v.as_slice());
-            (!allowed.contains(b)).then(|| {
-                format!("byte {at} reads {b:#04x}, allowed only {allowed:02x?}")
-            })
+            (!allowed.contains(b))
+                .then(|| format!("byte {at} reads {b:#04x}, allowed only {allowed:02x?}"))
         })
     }
 }
@@ -384,7 +383,9 @@ enum Op {
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
     // Never zero, so a zero in the wrong place is always seen.
-    (0..len).map(|i| seed.wrapping_add(i as u8) | 0x80).collect()
+    (0..len)
+        .map(|i| seed.wrapping_add(i as u8) | 0x80)
+        .collect()
 }
 
 fn apply(volume: &Volume, file: &SimFile, model: &mut Model, op: &Op) {
@@ -570,11 +571,17 @@ fn format_1_fails_the_randomized_check() {
         failure_persistence: None,
         ..ProptestConfig::default()
     });
-    let result = runner.run(&(prop::collection::vec(op(), 1..16), any::<u64>()), |(ops, seed)| {
-        prop_assert!(run(VolumeFormat::V1, &ops, seed).is_none());
-        Ok(())
-    });
-    assert!(result.is_err(), "256 random cases found no loss in format 1");
+    let result = runner.run(
+        &(prop::collection::vec(op(), 1..16), any::<u64>()),
+        |(ops, seed)| {
+            prop_assert!(run(VolumeFormat::V1, &ops, seed).is_none());
+            Ok(())
+        },
+    );
+    assert!(
+        result.is_err(),
+        "256 random cases found no loss in format 1"
+    );
 }
 
 // --- namespace: the Redis persistence pattern --------------------------------------------------
@@ -742,5 +749,8 @@ fn redis_persistence_survives_every_crash_state() {
 #[test]
 fn redis_persistence_loses_acknowledged_commands_on_format_1() {
     let lost = (0..16).any(|seed| redis_workload(VolumeFormat::V1, seed, 40).is_some());
-    assert!(lost, "format 1 kept every acknowledged command in 16 workloads");
+    assert!(
+        lost,
+        "format 1 kept every acknowledged command in 16 workloads"
+    );
 }

@@ -91,7 +91,11 @@ fn format_1_volume_matches_local_fs() {
 /// operations as it would after an xtsfs update.
 #[test]
 fn golden_format_1_volume_matches_local_fs() {
-    run_seed(DEFAULT_SEEDS[2], DEFAULT_OPS_PER_SEED / 2, Start::Golden("mmk"));
+    run_seed(
+        DEFAULT_SEEDS[2],
+        DEFAULT_OPS_PER_SEED / 2,
+        Start::Golden("mmk"),
+    );
 }
 
 /// What the mount starts from.
@@ -1320,7 +1324,10 @@ impl<'a> Run<'a> {
                 .arg(&reference)
                 .status()
                 .expect("run cp");
-            assert!(copied.success(), "copy the golden plaintext to the reference");
+            assert!(
+                copied.success(),
+                "copy the golden plaintext to the reference"
+            );
         }
         Run {
             sides: [Side::new(mount.mountpoint.clone()), Side::new(reference)],
@@ -1649,7 +1656,7 @@ fn report(seed: u64, ops: usize, applied: &[Op], mismatch: &Mismatch) -> ! {
 /// Applies a fixed op sequence to a fresh volume and reference, then finishes as a run does.
 fn replay(seed: u64, ops: &[Op]) -> Result<(), Mismatch> {
     let env = TestEnv::new();
-    let mut run = Run::new(&env, seed);
+    let mut run = Run::new(&env, seed, Start::Init(&[]));
     for op in ops {
         run.step(op)?;
     }

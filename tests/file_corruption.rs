@@ -30,7 +30,9 @@ fn damaged_read(
     damage(&OpenOptions::new().write(true).open(&backing).unwrap());
     let _ = fs::remove_file(log);
     m.mount(&["--log-file", path_str(log)]);
-    let error = fs::read(m.path(name)).err().map(|e| e.raw_os_error().unwrap());
+    let error = fs::read(m.path(name))
+        .err()
+        .map(|e| e.raw_os_error().unwrap());
     // The rest of the volume still works.
     fs::write(m.path("other"), b"fine").unwrap();
     assert_eq!(fs::read(m.path("other")).unwrap(), b"fine");
@@ -48,7 +50,11 @@ fn damaged_read(
 fn assert_eio_with_one_line(outcome: (Option<i32>, Vec<String>), what: &str, says: &str) {
     let (error, lines) = outcome;
     assert_eq!(error, Some(libc::EIO), "{what}: read gives EIO");
-    assert_eq!(lines.len(), 1, "{what}: one log line names the file: {lines:?}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: one log line names the file: {lines:?}"
+    );
     assert!(
         lines[0].contains(says),
         "{what}: the line says '{says}': {}",
@@ -101,7 +107,11 @@ fn a_format_1_file_in_a_format_2_volume_gives_eio() {
         f.set_len(0).unwrap();
         f.write_all_at(&v1_file, 0).unwrap();
     });
-    assert_eio_with_one_line(outcome, "format 1 file", "a format 1 file in a format 2 volume");
+    assert_eio_with_one_line(
+        outcome,
+        "format 1 file",
+        "a format 1 file in a format 2 volume",
+    );
 }
 
 /// A crash can keep a new file's length but not its header (neither was synced): such a
@@ -124,5 +134,9 @@ fn a_file_whose_header_never_reached_the_disk_reads_as_zeros() {
     expected[10..13].copy_from_slice(b"new");
     assert_eq!(fs::read(m.path("lost")).unwrap(), expected);
     m.remount();
-    assert_eq!(fs::read(m.path("lost")).unwrap(), expected, "after a remount");
+    assert_eq!(
+        fs::read(m.path("lost")).unwrap(),
+        expected,
+        "after a remount"
+    );
 }

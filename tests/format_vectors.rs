@@ -504,7 +504,7 @@ fn v2_block_run() {
     let xor = |a: [u8; 16], b: [u8; 16]| -> [u8; 16] { std::array::from_fn(|i| a[i] ^ b[i]) };
     for (i, (p, c)) in plaintext.chunks(16).zip(ciphertext.chunks(16)).enumerate() {
         let block = first + i as u64;
-        let t = if block % 256 == 0 {
+        let t = if block.is_multiple_of(256) {
             unit_6_tweak
         } else {
             tweak

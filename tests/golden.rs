@@ -40,11 +40,8 @@ use xtsfs::volume::file_header::{FileFormat, FileHeader, FILE_HEADER_LEN};
 use xtsfs::volume::header::VolumeFormat;
 use xtsfs::volume::{self, UnlockedVolume, TREE_DIR};
 
-use common::{
-    assert_exit, copy_tree, mmk_ref, path_str, pem_ref, pseudo_random_bytes, set_mode, TestEnv,
-};
+use common::{assert_exit, copy_tree, mmk_ref, path_str, pem_ref, pseudo_random_bytes, TestEnv};
 
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
 const SEED: u64 = 0x676f_6c64_656e; // "golden"
 
 /// One golden volume: where it is, its key kind and its format.
@@ -135,12 +132,12 @@ fn expected_tree(format: VolumeFormat) -> BTreeMap<PathBuf, Node> {
         .collect()
 }
 
-/// The plaintext ranges of a file that are stored as zeros (holes), not encrypted.
-fn holes(path: &Path) -> Vec<Range<usize>> {
+/// The plaintext range of a file that is stored as zeros (a hole), not encrypted.
+fn holes(path: &Path) -> Option<Range<usize>> {
     match path.to_str().unwrap() {
-        "sparse.bin" => vec![DATA_UNIT..2 * DATA_UNIT],
-        "block-holes.bin" => vec![112..288],
-        _ => vec![],
+        "sparse.bin" => Some(DATA_UNIT..2 * DATA_UNIT),
+        "block-holes.bin" => Some(112..288),
+        _ => None,
     }
 }
 
@@ -421,7 +418,7 @@ fn check_layout(volume: &UnlockedVolume) {
             continue;
         }
         let stored = fs::read(&backing).unwrap();
-        for hole in holes(&path) {
+        if let Some(hole) = holes(&path) {
             let hole = data_offset + hole.start..data_offset + hole.end;
             assert!(stored[hole].iter().all(|b| *b == 0), "{}", path.display());
             holes_seen += 1;
@@ -440,26 +437,9 @@ fn check_layout(volume: &UnlockedVolume) {
     assert_eq!(holes_seen, expected, "every golden hole was looked at");
 }
 
-/// A copy of golden volume `golden` in `env` with the key modes git does not keep.
-fn golden_copy(env: &TestEnv, golden: Golden) {
-    let dir = Path::new(GOLDEN).join(golden.dir);
-    copy_tree(&dir.join("backing"), &env.backing());
-    match golden.kind {
-        "mmk" => {
-            copy_tree(&dir.join("platform-keys"), &env.platform_key_dir());
-            set_mode(&env.platform_key_dir(), 0o700);
-            set_mode(&env.platform_key_dir().join("default.1.key"), 0o600);
-        }
-        _ => {
-            fs::copy(dir.join("key.pem"), env.path("key.pem")).unwrap();
-            set_mode(&env.path("key.pem"), 0o600);
-        }
-    }
-}
-
 fn check_golden(golden: Golden) {
     let env = TestEnv::new();
-    golden_copy(&env, golden);
+    common::golden_copy(&env, golden.dir);
     let expected = expected_tree(golden.format);
     // A PEM key is given explicitly: the header records the path it was made at.
     let key_file = env.path("key.pem");
@@ -594,7 +574,7 @@ fn populate(backing: &Path, ctx: &KeyContext, format: VolumeFormat) {
         match node {
             Node::Dir => fs::create_dir(stored).unwrap(),
             Node::File(contents) => {
-                let holes = holes(&path);
+                let holes: Vec<Range<usize>> = holes(&path).into_iter().collect();
                 let bytes = match format {
                     VolumeFormat::V1 => encrypt_v1(&contents, &volume.dek, &holes),
                     VolumeFormat::V2 => {
@@ -628,7 +608,7 @@ fn regenerate(volumes: &[Golden]) {
         populate(&backing, &ctx, golden.format);
     }
     for golden in volumes {
-        let dir = Path::new(GOLDEN).join(golden.dir);
+        let dir = Path::new(common::GOLDEN).join(golden.dir);
         if dir.exists() {
             fs::remove_dir_all(&dir).unwrap();
         }

@@ -8,7 +8,8 @@ use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use xtsfs::keys::KeyRef;
-use xtsfs::volume::file_header::{plaintext_len, FileHeader, FileHeaderError, FILE_HEADER_LEN};
+use xtsfs::volume::file_header::{FileFormat, FileHeader, FileHeaderError, FILE_HEADER_LEN};
+use xtsfs::volume::header::VolumeFormat;
 use xtsfs::volume::header::{HeaderBody, HeaderError};
 use xtsfs::volume::{self, HEADER_FILE};
 use xtsfs::Error;
@@ -38,7 +39,14 @@ impl Volume {
     }
 
     fn init(env: TestEnv, key: KeyRef) -> Self {
-        volume::init(&env.backing(), &key, &env.key_context(), true, VolumeFormat::LATEST).unwrap();
+        volume::init(
+            &env.backing(),
+            &key,
+            &env.key_context(),
+            true,
+            VolumeFormat::LATEST,
+        )
+        .unwrap();
         let header = fs::read(env.backing().join(HEADER_FILE)).unwrap();
         let volume = Volume { env, key, header };
         volume.unlock().expect("the intact header unlocks");
@@ -214,7 +222,14 @@ fn header_mac_is_keyed_by_the_volume_key() {
     // though its wrapped key unwraps (both are wrapped by the same platform key).
     let volume = Volume::mmk();
     let other_backing = volume.env.path("other");
-    volume::init(&other_backing, &volume.key, &volume.env.key_context(), true, VolumeFormat::LATEST).unwrap();
+    volume::init(
+        &other_backing,
+        &volume.key,
+        &volume.env.key_context(),
+        true,
+        VolumeFormat::LATEST,
+    )
+    .unwrap();
     let other = fs::read(other_backing.join(HEADER_FILE)).unwrap();
     let mut spliced = volume.header[..volume.header.len() - MAC_LEN].to_vec();
     spliced.extend_from_slice(&other[other.len() - MAC_LEN..]);
@@ -225,9 +240,8 @@ fn header_mac_is_keyed_by_the_volume_key() {
 
 #[test]
 fn file_header_decoding_rejects_damage() {
-    let header = FileHeader::generate().unwrap();
-    let encoded = header.encode();
-    assert_eq!(encoded.len(), FILE_HEADER_LEN);
+    let header = FileHeader::generate(FileFormat::V1).unwrap();
+    let encoded: [u8; FILE_HEADER_LEN] = header.encode().try_into().unwrap();
     assert_eq!(&encoded[..4], b"XTSF");
     assert_eq!(&encoded[4..6], &1u16.to_le_bytes());
     assert_eq!(&encoded[6..16], &[0u8; 10]);
@@ -238,7 +252,11 @@ fn file_header_decoding_rejects_damage() {
         FileHeader::decode(&[&encoded[..], &[0xaa; 100]].concat()),
         Ok(header)
     );
-    assert_ne!(FileHeader::generate().unwrap(), header, "nonces are random");
+    assert_ne!(
+        FileHeader::generate(FileFormat::V1).unwrap(),
+        header,
+        "nonces are random"
+    );
 
     for len in [0, 1, 4, 31] {
         assert_eq!(
@@ -251,7 +269,7 @@ fn file_header_decoding_rejects_damage() {
         bad[offset] ^= 0x20;
         assert_eq!(FileHeader::decode(&bad), Err(FileHeaderError::BadMagic));
     }
-    for version in [0u16, 2, 0x0100, u16::MAX] {
+    for version in [0u16, 3, 0x0100, u16::MAX] {
         let mut bad = encoded;
         bad[4..6].copy_from_slice(&version.to_le_bytes());
         assert_eq!(
@@ -267,11 +285,29 @@ fn file_header_decoding_rejects_damage() {
 }
 
 #[test]
-fn plaintext_length_is_backing_length_minus_the_file_header() {
-    assert_eq!(plaintext_len(0), Some(0));
+fn format_1_plaintext_length_is_backing_length_minus_the_file_header() {
+    let v1 = FileFormat::V1;
+    assert_eq!(v1.plaintext_len(0), Some(0));
     for short in [1, 31] {
-        assert_eq!(plaintext_len(short), None);
+        assert_eq!(v1.plaintext_len(short), None);
     }
-    assert_eq!(plaintext_len(32), Some(0));
-    assert_eq!(plaintext_len(32 + 4096 + 5), Some(4101));
+    assert_eq!(v1.plaintext_len(32), Some(0));
+    assert_eq!(v1.plaintext_len(32 + 4096 + 5), Some(4101));
+}
+
+#[test]
+fn format_2_file_header_is_a_page_with_the_key_generation_field() {
+    let header = FileHeader::generate(FileFormat::V2).unwrap();
+    let encoded = header.encode();
+    assert_eq!(encoded.len(), 4096, "data starts on a page boundary");
+    assert_eq!(&encoded[..4], b"XTSF");
+    assert_eq!(&encoded[4..6], &2u16.to_le_bytes());
+    assert_eq!(&encoded[8..12], &0u32.to_le_bytes(), "key generation 0");
+    assert_eq!(&encoded[16..32], &header.nonce);
+    assert!(encoded[32..].iter().all(|b| *b == 0));
+    for offset in [6, 7, 12, 15] {
+        let mut bad = encoded.clone();
+        bad[offset] = 1;
+        assert_eq!(FileHeader::decode(&bad), Err(FileHeaderError::Reserved));
+    }
 }

@@ -17,11 +17,9 @@ use xtsfs::volume::upgrade::{self, FileOutcome, UpgradeEvent, UpgradeStatus, UPG
 
 use common::mount::{assert_success, Mounted};
 use common::{
-    assert_error, assert_exit, copy_tree, hex, path_str, pseudo_random_bytes, set_mode, stderr,
-    stdout, TestEnv,
+    assert_error, assert_exit, hex, path_str, pseudo_random_bytes, set_mode, stderr, stdout,
+    TestEnv,
 };
-
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
@@ -597,23 +595,13 @@ fn symlinks_planted_in_the_backing_tree_are_not_followed() {
 fn upgrade_golden(kind: &str) {
     common::mount::require_fuse();
     let env = TestEnv::new();
-    let golden = Path::new(GOLDEN).join(kind);
-    copy_tree(&golden.join("backing"), &env.backing());
+    common::golden_copy(&env, kind);
     let key_file = env.path("key.pem");
     let key_arg = format!("pem:{}", path_str(&key_file));
+    // The header records the path a PEM key was made at: give it explicitly.
     let key_args: Vec<&str> = match kind {
-        "mmk" => {
-            copy_tree(&golden.join("platform-keys"), &env.platform_key_dir());
-            set_mode(&env.platform_key_dir(), 0o700);
-            set_mode(&env.platform_key_dir().join("default.1.key"), 0o600);
-            vec![]
-        }
-        _ => {
-            // The header records the path the key was made at: give it explicitly.
-            fs::copy(golden.join("key.pem"), &key_file).unwrap();
-            set_mode(&key_file, 0o600);
-            vec!["--key", &key_arg]
-        }
+        "mmk" => vec![],
+        _ => vec!["--key", &key_arg],
     };
     let backing = env.backing();
     let run = |command: &[&str]| {
@@ -731,4 +719,49 @@ fn a_full_backing_disk_stops_the_upgrade_and_loses_nothing() {
     assert!(fs::read(m.path("big")).unwrap() == big[..1 << 20]);
     assert_eq!(fs::read(m.path("small")).unwrap(), b"small");
     m.unmount_settled();
+}
+
+/// In a half-upgraded volume a converted (format 2) file that is truncated to zero starts
+/// over as a format 1 file, the volume's format: its size must be read as format 1 from
+/// then on. The mount used to keep the format it had first seen and report size 0.
+#[test]
+fn a_converted_file_truncated_to_zero_in_a_half_upgraded_volume_keeps_its_size_right() {
+    let env = TestEnv::new();
+    let mut m = env.mounted(&["--format", "1"]);
+    fs::write(m.path("f"), vec![7u8; 5000]).unwrap();
+    m.unmount_settled();
+    let report = upgrade::upgrade(
+        &m.backing,
+        &env.key_context(),
+        None,
+        &mut |event| match event {
+            UpgradeEvent::File { .. } => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        },
+    )
+    .unwrap();
+    assert_eq!(report.status, UpgradeStatus::Stopped);
+    let backing = fs::read(
+        m.backing
+            .join("tree")
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
+    assert_eq!(
+        &backing[4..6],
+        &2u16.to_le_bytes(),
+        "the file was converted"
+    );
+    m.mount(&[]);
+    assert_eq!(fs::metadata(m.path("f")).unwrap().len(), 5000);
+    fs::write(m.path("f"), b"ten bytes!").unwrap();
+    assert_eq!(fs::metadata(m.path("f")).unwrap().len(), 10);
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"ten bytes!");
+    m.remount();
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"ten bytes!");
 }

@@ -381,7 +381,9 @@ mod tests {
     fn block_runs_match_whole_units() {
         let ours = Xts256::new(&key());
         let units = 3u64;
-        let plain: Vec<u8> = (0..units as usize * 4096).map(|i| (i * 7 + 1) as u8).collect();
+        let plain: Vec<u8> = (0..units as usize * 4096)
+            .map(|i| (i * 7 + 1) as u8)
+            .collect();
         let mut whole = plain.clone();
         for (u, unit) in whole.chunks_mut(4096).enumerate() {
             ours.encrypt_unit(10 + u as u64, unit).unwrap();
@@ -399,7 +401,10 @@ mod tests {
             ours.decrypt_blocks(first + start as u64, &mut run).unwrap();
             assert_eq!(run, plain[range]);
         }
-        assert_eq!(ours.encrypt_blocks(0, &mut [0; 17]), Err(XtsError::PartialBlock));
+        assert_eq!(
+            ours.encrypt_blocks(0, &mut [0; 17]),
+            Err(XtsError::PartialBlock)
+        );
         assert_eq!(
             ours.encrypt_blocks_from(0, &[0; 32], &mut [0; 16]),
             Err(XtsError::LengthMismatch)

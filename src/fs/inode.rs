@@ -13,7 +13,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use fuser::Errno;
 
@@ -38,8 +38,9 @@ pub struct Node {
     /// The file's contents key, derived once from its header.
     key: Mutex<Option<Arc<FileKey>>>,
     /// The file's format once its header has been read (format 1 volumes, where it
-    /// varies by file).
-    format: OnceLock<FileFormat>,
+    /// varies by file); forgotten with the key, as truncating a file to zero starts it
+    /// over in the volume's format.
+    format: Mutex<Option<FileFormat>>,
 }
 
 /// What a file's header says: its format and its contents cipher.
@@ -59,8 +60,8 @@ impl Node {
         if volume == VolumeFormat::V2 {
             return FileFormat::V2;
         }
-        if let Some(format) = self.format.get() {
-            return *format;
+        if let Some(format) = self.format.lock().ok().and_then(|f| *f) {
+            return format;
         }
         let mut bytes = [0u8; FILE_HEADER_LEN];
         let header = super::backing::reopen(self.fd(), libc::O_RDONLY | libc::O_NONBLOCK)
@@ -68,7 +69,10 @@ impl Node {
             .ok()
             .and_then(|()| FileHeader::decode(&bytes).ok());
         match header {
-            Some(header) => *self.format.get_or_init(|| header.format),
+            Some(header) => {
+                self.remember_format(header.format);
+                header.format
+            }
             None => volume.new_files(),
         }
     }
@@ -96,7 +100,7 @@ impl Node {
             cipher: dek.file_cipher(&header.nonce),
             format: header.format,
         });
-        let _ = self.format.set(header.format);
+        self.remember_format(header.format);
         *cached = Some(key.clone());
         Ok(Some(key))
     }
@@ -115,6 +119,7 @@ impl Node {
         let format = volume.new_files();
         let header = FileHeader::generate(format).map_err(|_| Errno::EIO)?;
         contents::start_file(file, &header).map_err(Errno::from)?;
+        self.remember_format(format);
         let key = Arc::new(FileKey {
             cipher: dek.file_cipher(&header.nonce),
             format,
@@ -123,9 +128,19 @@ impl Node {
         Ok(key)
     }
 
-    /// Drops the cached contents key (it zeroizes when the last user is done).
+    fn remember_format(&self, format: FileFormat) {
+        if let Ok(mut cached) = self.format.lock() {
+            *cached = Some(format);
+        }
+    }
+
+    /// Drops the cached contents key (it zeroizes when the last user is done) and the
+    /// format that came with it.
     pub fn forget_key(&self) {
         if let Ok(mut cached) = self.key.lock() {
+            *cached = None;
+        }
+        if let Ok(mut cached) = self.format.lock() {
             *cached = None;
         }
     }
@@ -238,6 +253,6 @@ fn new_node(id: u64, fd: OwnedFd, backing_key: (u64, u64)) -> Node {
         lookups: AtomicU64::new(1),
         content_lock: RwLock::new(()),
         key: Mutex::new(None),
-        format: OnceLock::new(),
+        format: Mutex::new(None),
     }
 }

@@ -19,11 +19,11 @@ use std::sync::Arc;
 use fuser::{Errno, FileAttr};
 
 use crate::crypto::names::{BackingEntry, BackingName, NameCipher};
+use crate::volume::file_header::FileFormat;
+use crate::volume::header::VolumeFormat;
 pub use attr::CallerIds;
 use attr::{file_attr, Times};
 use contents::Contents;
-use crate::volume::file_header::FileFormat;
-use crate::volume::header::VolumeFormat;
 use errno::{backing_path, corrupt};
 use handle::{DirEntry, Handle, HandleTable};
 use inode::{InodeTable, Node};
@@ -221,6 +221,10 @@ impl XtsFs {
         size: u64,
         secrets: &VolumeSecrets,
     ) -> Result<(), Errno> {
+        // An empty file truncated to zero stays without a header.
+        if self.read_contents(node, file, secrets, |_, len| Ok(len))? == size {
+            return Ok(());
+        }
         let cleared = self.write_contents(node, file, secrets, |contents, len| {
             if size == len {
                 return Ok(false);
@@ -475,13 +479,14 @@ impl XtsFs {
         let (node, file) = (handle.node(), handle.writable_file()?);
         let written = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
         // Writes that rewrite only their own bytes and keep the length go in parallel.
-        let in_place = self.read_contents(node, file, &secrets, |contents, len| match contents {
-            Some(c) if Contents::<File>::writes_in_place(c.format, offset, data.len(), len) => {
-                c.write(offset, data, len).map_err(Errno::from)?;
-                Ok(true)
-            }
-            _ => Ok(false),
-        })?;
+        let in_place =
+            self.read_contents(node, file, &secrets, |contents, len| match contents {
+                Some(c) if Contents::<File>::writes_in_place(c.format, offset, data.len(), len) => {
+                    c.write(offset, data, len).map_err(Errno::from)?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            })?;
         if !in_place {
             self.write_contents(node, file, &secrets, |contents, len| {
                 contents.write(offset, data, len).map_err(Errno::from)
@@ -501,7 +506,9 @@ impl XtsFs {
     ) -> Result<R, Errno> {
         let _shared = node.content_lock.read().map_err(|_| Errno::EIO)?;
         let key = node.key(file, &secrets.dek, self.options.format)?;
-        let format = key.as_ref().map_or(self.options.format.new_files(), |k| k.format);
+        let format = key
+            .as_ref()
+            .map_or(self.options.format.new_files(), |k| k.format);
         let len = plain_len(format, node, file)?;
         let contents = key.as_ref().map(|key| Contents {
             file,
@@ -687,7 +694,13 @@ fn write_side_file(dir: BorrowedFd<'_>, name: &BackingName) -> Result<bool, Errn
         0o600,
     ) {
         Ok(fd) => {
-            File::from(fd).write_all(encoded).map_err(Errno::from)?;
+            // Durable before the entry that needs it is made: directory operations reach
+            // the disk in order, so a crash can keep the entry only with the whole name.
+            let side = File::from(fd);
+            (&side)
+                .write_all(encoded)
+                .and_then(|()| side.sync_data())
+                .map_err(Errno::from)?;
             Ok(true)
         }
         // The side file of a name is the same bytes whatever links to it.

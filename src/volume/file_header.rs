@@ -200,7 +200,10 @@ mod tests {
         );
         let mut version = generation.clone();
         version[4] = 9;
-        assert_eq!(FileHeader::decode(&version), Err(FileHeaderError::Version(9)));
+        assert_eq!(
+            FileHeader::decode(&version),
+            Err(FileHeaderError::Version(9))
+        );
         assert_eq!(
             FileHeader::decode(&[0; 10]),
             Err(FileHeaderError::Truncated(10))

@@ -94,7 +94,9 @@ pub enum HeaderError {
     Truncated(usize),
     #[error("the header does not start with the xtsfs magic")]
     BadMagic,
-    #[error("header format version {0} is not supported by this xtsfs (it reads versions 1 and 2)")]
+    #[error(
+        "header format version {0} is not supported by this xtsfs (it reads versions 1 and 2)"
+    )]
     Version(u16),
     #[error("the header's length field says {declared} body bytes but the file holds {actual}")]
     Length { declared: usize, actual: usize },
@@ -178,7 +180,7 @@ impl HeaderBody {
     pub fn with_protector(&self, protector: Protector) -> HeaderBody {
         HeaderBody {
             protector,
-            epoch: self.epoch.map(|epoch| epoch + 1),
+            epoch: self.epoch.map(|epoch| epoch.saturating_add(1)),
             ..self.clone()
         }
     }

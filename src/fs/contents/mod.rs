@@ -31,7 +31,8 @@ pub const UNIT: u64 = DATA_UNIT as u64;
 pub trait BackingFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
-    fn len(&self) -> io::Result<u64>;
+    /// The backing length in bytes.
+    fn size(&self) -> io::Result<u64>;
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// `fallocate(2)`; `EOPNOTSUPP` where the file system has no such mode.
     fn fallocate(&self, mode: i32, offset: u64, len: u64) -> io::Result<()>;
@@ -47,7 +48,7 @@ impl BackingFile for File {
         FileExt::write_all_at(self, buf, offset)
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.metadata()?.len())
     }
 
@@ -213,7 +214,7 @@ pub fn read_header<F: BackingFile + ?Sized>(
 /// are dropped first, and that is made durable before the new header can sit in front
 /// of them, which it would decrypt to garbage.
 pub fn start_file<F: BackingFile + ?Sized>(file: &F, header: &FileHeader) -> io::Result<()> {
-    let backing_len = file.len()?;
+    let backing_len = file.size()?;
     let len = header.format.plaintext_len(backing_len).unwrap_or(0);
     if backing_len > 0 {
         file.set_len(0)?;

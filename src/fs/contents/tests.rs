@@ -130,7 +130,11 @@ fn v2_appends_rewrite_only_the_block_they_start_in() {
         contents.write(len, &data, len).unwrap();
         let after = std::fs::read(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
         let unchanged = (4096 + len / 16 * 16) as usize;
-        assert_eq!(after[..unchanged], before[..unchanged], "append {i} changed earlier blocks");
+        assert_eq!(
+            after[..unchanged],
+            before[..unchanged],
+            "append {i} changed earlier blocks"
+        );
         len += n as u64;
         assert_eq!(after.len() as u64, FileFormat::V2.backing_len(len));
         let mut buf = Vec::new();

@@ -156,7 +156,7 @@ impl<F: BackingFile + ?Sized> V1<'_, F> {
     /// length `len`, its last unit re-encrypted at that length again: a failed call leaves
     /// the file as it was.
     fn restore_len(&self, len: u64) {
-        let restored = self.file.len().and_then(|backing_len| {
+        let restored = self.file.size().and_then(|backing_len| {
             let now = backing_len.saturating_sub(HEADER);
             if now > len {
                 self.resize(now, len)

@@ -168,8 +168,7 @@ impl<F: BackingFile + ?Sized> V2<'_, F> {
         let edges = [run.start / B, run.end / B - 1];
         for (i, &block) in edges.iter().enumerate() {
             let start = block * B;
-            if (i == 1 && block == edges[0]) || (whole.start <= start && start + B <= whole.end)
-            {
+            if (i == 1 && block == edges[0]) || (whole.start <= start && start + B <= whole.end) {
                 continue;
             }
             let mut plain = [0u8; BLOCK];
