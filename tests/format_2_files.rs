@@ -1,7 +1,11 @@
+//! Format 2 files through a mount, seen from the backing directory.
+//!
 //! Damaged backing files: each gives EIO and one log line that names the backing file,
-//! never a panic and never a wrong byte; the rest of the volume goes on working. And the
-//! one state that is not damage: a format 2 file whose header a crash lost before it was
-//! ever synced reads as zeros.
+//! never a panic and never a wrong byte; the rest of the volume goes on working. The one
+//! state that is not damage: a file whose header a crash lost before it was ever synced
+//! reads as zeros. And what the format promises about ciphertext: a rewrite from scratch
+//! shares nothing with the version before it, and an append leaves every earlier block as
+//! it was.
 
 mod common;
 
@@ -139,4 +143,69 @@ fn a_file_whose_header_never_reached_the_disk_reads_as_zeros() {
         expected,
         "after a remount"
     );
+}
+
+fn nonce(backing: &Path) -> Vec<u8> {
+    fs::read(backing).unwrap()[16..32].to_vec()
+}
+
+/// `echo -n 4711 > pin`, then `echo -n 9034 > pin`: O_TRUNC starts the file over under a
+/// fresh nonce, so two backups of the file do not give the XOR of the two PINs.
+#[test]
+fn a_file_truncated_to_zero_starts_over_under_a_fresh_nonce() {
+    let env = TestEnv::new();
+    let m = env.mounted(&[]);
+    fs::write(m.path("pin"), b"4711").unwrap();
+    let backing = m.backing_path("pin");
+    let first = fs::read(&backing).unwrap();
+    fs::write(m.path("pin"), b"9034").unwrap();
+    let second = fs::read(&backing).unwrap();
+    assert_eq!(first.len(), second.len());
+    assert_ne!(nonce(&backing), first[16..32], "a new nonce");
+    let (c1, c2) = (&first[DATA as usize..], &second[DATA as usize..]);
+    let xor: Vec<u8> = c1.iter().zip(c2).map(|(a, b)| a ^ b).collect();
+    let plain_xor: Vec<u8> = b"4711".iter().zip(b"9034").map(|(a, b)| a ^ b).collect();
+    assert_ne!(
+        &xor[..4],
+        &plain_xor[..],
+        "the ciphertexts' XOR is not the PINs' XOR"
+    );
+    assert_eq!(fs::read(m.path("pin")).unwrap(), b"9034");
+}
+
+/// Redis's AOF: a stream of small appends. Each one leaves every block before the one it
+/// starts in as it was on disk, so no acknowledged byte is ever rewritten.
+#[test]
+fn appends_never_rewrite_earlier_blocks_through_the_mount() {
+    let env = TestEnv::new();
+    let m = env.mounted(&[]);
+    let path = m.path("appendonly.aof");
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let backing = m.backing_path("appendonly.aof");
+    let mut len = 0usize;
+    let mut before = Vec::new();
+    for i in 0..200usize {
+        let command = format!(
+            "*2\r\n$4\r\nINCR\r\n${}\r\n{}\r\n",
+            3 + i % 7,
+            "k".repeat(3 + i % 7)
+        );
+        use std::io::Write;
+        (&file).write_all(command.as_bytes()).unwrap();
+        file.sync_data().unwrap();
+        let after = fs::read(&backing).unwrap();
+        // Before the first append the file has no header yet.
+        let kept = (DATA as usize + len / 16 * 16).min(before.len());
+        assert!(
+            after[..kept] == before[..kept],
+            "append {i} rewrote an earlier block"
+        );
+        len += command.len();
+        before = after;
+    }
+    assert_eq!(fs::metadata(&path).unwrap().len(), len as u64);
 }
