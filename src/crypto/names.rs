@@ -198,3 +198,146 @@ fn validate_name(name: &[u8]) -> Result<(), NameError> {
     }
     Ok(())
 }
+/// Extended attribute namespaces whose attributes xtsfs stores encrypted. Other
+/// namespaces (`system.`) are passed through as the backing file system handles them.
+pub const XATTR_ENCRYPTED_NAMESPACES: [&str; 3] = ["user.", "trusted.", "security."];
+/// What follows the namespace in the backing name of an encrypted attribute.
+pub const XATTR_TAG: &str = "xtsfs.";
+/// Bytes an encrypted attribute value takes beyond its plaintext: a 16-byte random nonce
+/// and the 16-byte SIV tag.
+pub const XATTR_VALUE_OVERHEAD: usize = 32;
+/// Longest attribute name the backing file systems of Linux accept (XATTR_NAME_MAX).
+pub const XATTR_NAME_MAX: usize = 255;
+
+const AD_XATTR_NAME: &[u8] = b"xtsfs xattr name";
+const AD_XATTR_VALUE: &[u8] = b"xtsfs xattr value";
+
+/// The namespace prefix of an attribute name stored encrypted, and the rest of it.
+fn xattr_namespace(name: &[u8]) -> Option<(&'static str, &[u8])> {
+    XATTR_ENCRYPTED_NAMESPACES
+        .iter()
+        .find(|ns| name.starts_with(ns.as_bytes()))
+        .map(|ns| (*ns, &name[ns.len()..]))
+}
+
+/// Longest plaintext attribute name, namespace included, that fits
+/// [`XATTR_NAME_MAX`] once encrypted, for a namespace of `ns_len` bytes.
+pub const fn xattr_name_max(ns_len: usize) -> usize {
+    // base64url of n bytes is ceil(4n / 3) long: the room left is
+    // 255 - ns - "xtsfs.", so n <= floor(3 * room / 4), and n is the suffix plus 16.
+    let room = XATTR_NAME_MAX - ns_len - XATTR_TAG.len();
+    ns_len + room * 3 / 4 - 16
+}
+
+impl NameCipher {
+    /// Whether attributes named `name` are stored by xtsfs (encrypted unless names are
+    /// plaintext), rather than passed through.
+    pub fn stores_xattr(name: &[u8]) -> bool {
+        xattr_namespace(name).is_some()
+    }
+
+    /// The backing name of an attribute in one of [`XATTR_ENCRYPTED_NAMESPACES`]:
+    /// `namespace || "xtsfs." || base64url(AES-SIV(names key, AD = ["xtsfs xattr name",
+    /// namespace], rest))`. Plaintext-name volumes store it as it is.
+    pub fn encrypt_xattr_name(&self, name: &[u8]) -> Result<Vec<u8>, NameError> {
+        let (ns, rest) = xattr_namespace(name).ok_or(NameError::Invalid)?;
+        if rest.is_empty() || name.contains(&0) {
+            return Err(NameError::Invalid);
+        }
+        let key = match self {
+            NameCipher::Plaintext => return Ok(name.to_vec()),
+            NameCipher::Encrypted(key) => key,
+        };
+        if name.len() > xattr_name_max(ns.len()) {
+            return Err(NameError::TooLong);
+        }
+        let ciphertext = Self::siv(key)
+            .encrypt([AD_XATTR_NAME, ns.as_bytes()], rest)
+            .map_err(|_| NameError::TooLong)?;
+        let mut stored = format!("{ns}{XATTR_TAG}").into_bytes();
+        stored.extend_from_slice(URL_SAFE_NO_PAD.encode(ciphertext).as_bytes());
+        Ok(stored)
+    }
+
+    /// The plaintext name of a backing attribute that xtsfs stored, or `None` for any
+    /// other backing attribute (the backing system's own, a damaged one), which is not
+    /// shown.
+    pub fn decrypt_xattr_name(&self, stored: &[u8]) -> Option<Vec<u8>> {
+        let (ns, rest) = xattr_namespace(stored)?;
+        let key = match self {
+            NameCipher::Plaintext => return Some(stored.to_vec()),
+            NameCipher::Encrypted(key) => key,
+        };
+        let encoded = rest.strip_prefix(XATTR_TAG.as_bytes())?;
+        let ciphertext = URL_SAFE_NO_PAD.decode(encoded).ok()?;
+        let plain = Self::siv(key)
+            .decrypt([AD_XATTR_NAME, ns.as_bytes()], &ciphertext)
+            .ok()?;
+        if plain.is_empty() || plain.contains(&0) {
+            return None;
+        }
+        let mut name = ns.as_bytes().to_vec();
+        name.extend_from_slice(&plain);
+        Some(name)
+    }
+
+    /// The backing value of attribute `name` (plaintext, namespace included):
+    /// `nonce || AES-SIV(names key, AD = ["xtsfs xattr value", name, nonce], value)` with
+    /// a random 16-byte nonce, so equal values are not visible as equal.
+    pub fn encrypt_xattr_value(&self, name: &[u8], value: &[u8]) -> Result<Vec<u8>, NameError> {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|_| NameError::Invalid)?;
+        self.encrypt_xattr_value_with_nonce(name, value, &nonce)
+    }
+
+    /// [`Self::encrypt_xattr_value`] with a given nonce (test vectors).
+    #[doc(hidden)]
+    pub fn encrypt_xattr_value_with_nonce(
+        &self,
+        name: &[u8],
+        value: &[u8],
+        nonce: &[u8; 16],
+    ) -> Result<Vec<u8>, NameError> {
+        let key = match self {
+            NameCipher::Plaintext => return Ok(value.to_vec()),
+            NameCipher::Encrypted(key) => key,
+        };
+        let ciphertext = Self::siv(key)
+            .encrypt([AD_XATTR_VALUE, name, nonce.as_slice()], value)
+            .map_err(|_| NameError::TooLong)?;
+        let mut stored = nonce.to_vec();
+        stored.extend_from_slice(&ciphertext);
+        Ok(stored)
+    }
+
+    /// The plaintext of attribute `name`'s backing value.
+    pub fn decrypt_xattr_value(&self, name: &[u8], stored: &[u8]) -> Result<Vec<u8>, NameError> {
+        let key = match self {
+            NameCipher::Plaintext => return Ok(stored.to_vec()),
+            NameCipher::Encrypted(key) => key,
+        };
+        if stored.len() < XATTR_VALUE_OVERHEAD {
+            return Err(NameError::Undecryptable);
+        }
+        let (nonce, ciphertext) = stored.split_at(16);
+        Self::siv(key)
+            .decrypt([AD_XATTR_VALUE, name, nonce], ciphertext)
+            .map_err(|_| NameError::Undecryptable)
+    }
+
+    /// How many bytes a stored value takes beyond its plaintext.
+    pub fn xattr_value_overhead(&self) -> usize {
+        match self {
+            NameCipher::Plaintext => 0,
+            NameCipher::Encrypted(_) => XATTR_VALUE_OVERHEAD,
+        }
+    }
+
+    /// The plaintext length of a backing value of `stored_len` bytes.
+    pub fn xattr_value_len(&self, stored_len: usize) -> usize {
+        match self {
+            NameCipher::Plaintext => stored_len,
+            NameCipher::Encrypted(_) => stored_len.saturating_sub(XATTR_VALUE_OVERHEAD),
+        }
+    }
+}

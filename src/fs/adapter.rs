@@ -10,10 +10,10 @@ use fuser::{
     BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    Request, TimeOrNow, WriteFlags,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::{CallerIds, Entry, Opened, SetAttr, XtsFs};
+use super::{CallerIds, Entry, Opened, SetAttr, XattrReply, XtsFs};
 use crate::fs::attr::Times;
 
 /// How long the kernel may cache attributes and names. All changes go through this
@@ -36,6 +36,7 @@ fn caller(req: &Request) -> CallerIds {
     CallerIds {
         uid: req.uid(),
         gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -79,7 +80,12 @@ pub fn negotiate(config: &mut KernelConfig) {
         | InitFlags::FUSE_PARALLEL_DIROPS
         | InitFlags::FUSE_ASYNC_DIO
         // Shared mmap of a file opened with --direct-io.
-        | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
+        // The kernel enforces POSIX ACLs (the backing file system stores them) and leaves
+        // the umask to us: a new object's mode comes from the backing file system, which
+        // applies the caller's umask, or the parent's default ACL instead.
+        | InitFlags::FUSE_POSIX_ACL
+        | InitFlags::FUSE_DONT_MASK;
     let _ = config.add_capabilities(wanted & config.capabilities());
 }
 
@@ -106,7 +112,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -129,6 +135,7 @@ impl Filesystem for FuseAdapter {
             size,
             times: Times { atime, mtime },
             fh: fh.map(|fh| fh.0),
+            caller: Some(caller(req)),
         };
         match self.fs.setattr(ino.0, change) {
             Ok(attr) => reply.attr(&TTL, &attr),
@@ -150,13 +157,13 @@ impl Filesystem for FuseAdapter {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         reply_entry(
             reply,
             self.fs
-                .mknod(parent.0, name, mode & !(umask & 0o777), caller(req)),
+                .mknod(parent.0, name, mode, umask, rdev, caller(req)),
         );
     }
 
@@ -171,7 +178,7 @@ impl Filesystem for FuseAdapter {
     ) {
         reply_entry(
             reply,
-            self.fs.mkdir(parent.0, name, mode & !umask, caller(req)),
+            self.fs.mkdir(parent.0, name, mode, umask, caller(req)),
         );
     }
 
@@ -226,8 +233,8 @@ impl Filesystem for FuseAdapter {
         reply_entry(reply, self.fs.link(ino.0, newparent.0, newname));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        reply_open(reply, self.fs.open(ino.0, flags.0));
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        reply_open(reply, self.fs.open(ino.0, flags.0, caller(req)));
     }
 
     fn read(
@@ -249,7 +256,7 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -259,7 +266,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data) {
+        match self.fs.write(fh.0, offset, data, caller(req)) {
             Ok(written) => reply.written(written),
             Err(e) => reply.error(e),
         }
@@ -436,7 +443,7 @@ impl Filesystem for FuseAdapter {
     ) {
         match self
             .fs
-            .create(parent.0, name, mode & !umask, flags, caller(req))
+            .create(parent.0, name, mode, umask, flags, caller(req))
         {
             Ok((entry, opened)) => reply.created(
                 &TTL,
@@ -460,5 +467,41 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         reply_empty(reply, self.fs.fallocate(fh.0, offset, length, mode));
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(
+            reply,
+            self.fs.setxattr(ino.0, name, value, flags, caller(req)),
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, self.fs.getxattr(ino.0, name, size));
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, self.fs.listxattr(ino.0, size, caller(req)));
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.removexattr(ino.0, name, caller(req)));
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, result: Result<XattrReply, Errno>) {
+    match result {
+        Ok(XattrReply::Size(size)) => reply.size(size),
+        Ok(XattrReply::Data(data)) => reply.data(&data),
+        Err(e) => reply.error(e),
     }
 }

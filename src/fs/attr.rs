@@ -7,14 +7,20 @@ use fuser::{FileAttr, FileType, INodeNo, TimeOrNow};
 
 use crate::volume::file_header::FileFormat;
 
-/// Attributes of a backing object; a regular file's size is decoded as `format`.
-pub fn file_attr(id: u64, st: &libc::stat, format: FileFormat) -> FileAttr {
+/// Attributes of a backing object; a regular file's size is decoded as `format`, a
+/// symlink's as an encrypted target if `encrypted_targets`.
+pub fn file_attr(
+    id: u64,
+    st: &libc::stat,
+    format: FileFormat,
+    encrypted_targets: bool,
+) -> FileAttr {
     let kind = kind_from_mode(st.st_mode);
     let size = match kind {
         // A file whose length no plaintext length gives reads as empty; reads report the
         // damage.
         FileType::RegularFile => format.plaintext_len(st.st_size as u64).unwrap_or(0),
-        FileType::Symlink => symlink_plain_len(st.st_size as u64),
+        FileType::Symlink if encrypted_targets => symlink_plain_len(st.st_size as u64),
         _ => st.st_size as u64,
     };
     FileAttr {
@@ -30,15 +36,14 @@ pub fn file_attr(id: u64, st: &libc::stat, format: FileFormat) -> FileAttr {
         nlink: st.st_nlink as u32,
         uid: st.st_uid,
         gid: st.st_gid,
-        rdev: st.st_rdev as u32,
+        rdev: super::backing::dev_to_fuse(st.st_rdev),
         blksize: 4096,
         flags: 0,
     }
 }
 
-/// Length of a symlink target whose stored form is base64url(SIV tag + target), or the
-/// stored length itself for plaintext targets (the two can't be told apart by length, so
-/// this is only used for `st_size`; readlink returns the exact target).
+/// Length of a symlink target whose stored form is base64url(SIV tag + target): the
+/// encoding of n bytes is ceil(4n / 3) long, so floor(3 * stored / 4) is n exactly.
 fn symlink_plain_len(stored: u64) -> u64 {
     (stored * 3 / 4).saturating_sub(16)
 }
@@ -115,21 +120,30 @@ fn timespec(time: TimeOrNow) -> libc::timespec {
     }
 }
 
-/// Who asked for a new object. The daemon runs as root, so new objects are chowned to
-/// the caller, as a local file system would create them.
+/// Who asks: the ids the kernel sends with a request, and the process.
 #[derive(Debug, Clone, Copy)]
 pub struct CallerIds {
     pub uid: u32,
     pub gid: u32,
+    pub pid: u32,
 }
+
+/// CAP_FSETID: keeps set-id bits on a write, truncate or chown.
+const CAP_FSETID: u32 = 4;
+/// CAP_SYS_ADMIN: reads and lists `trusted.` attributes.
+const CAP_SYS_ADMIN: u32 = 21;
 
 impl CallerIds {
     /// For a new hard link: the object keeps its owner.
     pub const KEEP: CallerIds = CallerIds {
         uid: u32::MAX,
         gid: u32::MAX,
+        pid: 0,
     };
 
+    /// Gives a new object to the caller, as a local file system would create it: the
+    /// daemon runs as root, so the backing object is root's until chowned. chown drops
+    /// set-id bits, so a new non-directory that has any gets its mode back afterwards.
     pub fn apply(self, parent: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> std::io::Result<()> {
         // SAFETY: no preconditions.
         let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -138,6 +152,52 @@ impl CallerIds {
         }
         // In a set-group-ID directory the kernel already gave the object the directory's group.
         let setgid_parent = super::backing::stat(parent)?.st_mode & libc::S_ISGID != 0;
-        super::backing::chown(fd, Some(self.uid), (!setgid_parent).then_some(self.gid))
+        let st = super::backing::stat(fd)?;
+        super::backing::chown(fd, Some(self.uid), (!setgid_parent).then_some(self.gid))?;
+        let setid = st.st_mode & (libc::S_ISUID | libc::S_ISGID);
+        if setid != 0 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            super::backing::chmod(fd, st.st_mode & 0o7777)?;
+        }
+        Ok(())
     }
+
+    /// Whether the caller's writes and truncates keep set-id bits, which takes
+    /// CAP_FSETID, as for a local file system.
+    pub fn keeps_setid(self) -> bool {
+        self.capable(CAP_FSETID)
+    }
+
+    /// Whether the caller sees `trusted.` attributes, which takes CAP_SYS_ADMIN.
+    pub fn sees_trusted(self) -> bool {
+        self.capable(CAP_SYS_ADMIN)
+    }
+
+    /// Whether the calling thread has `cap` in its effective set, read from /proc (only
+    /// when it matters: a file with set-id bits, a listing with `trusted.` names). A
+    /// process that is gone counts as privileged only if its uid was 0.
+    fn capable(self, cap: u32) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid));
+        let cap_eff = status.ok().and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        });
+        match cap_eff {
+            Some(caps) => caps & (1 << cap) != 0,
+            None => self.uid == 0,
+        }
+    }
+}
+
+/// The mode a write or truncate by a caller without CAP_FSETID leaves: set-user-ID
+/// cleared, and set-group-ID cleared where group execute marks it as such (without
+/// group execute it marks mandatory locking and stays). `None` when nothing changes.
+pub fn mode_without_setid(mode: u32) -> Option<u32> {
+    let mut kept = mode & 0o7777;
+    kept &= !libc::S_ISUID;
+    if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+        kept &= !libc::S_ISGID;
+    }
+    (kept != mode & 0o7777).then_some(kept)
 }

@@ -260,3 +260,120 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<RawDirEntry>> {
     unsafe { libc::closedir(stream) };
     result.map(|()| entries)
 }
+
+/// Runs `make` with this thread's umask set to `umask`, then restores it. The first call
+/// on a thread unshares the thread's file-system attributes (CLONE_FS), so the umask is
+/// the thread's own and the daemon's other threads keep theirs. A new backing object then
+/// gets its mode from the backing file system exactly as a local one would: the
+/// caller's mode minus the caller's umask, or the parent's default ACL instead of the
+/// umask.
+pub fn with_umask<T>(umask: u32, make: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    thread_local! {
+        static UNSHARED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if !UNSHARED.get() {
+        // SAFETY: no pointers; CLONE_FS only detaches this thread's cwd, root and umask.
+        cvt(unsafe { libc::unshare(libc::CLONE_FS) })?;
+        UNSHARED.set(true);
+    }
+    // SAFETY: umask cannot fail.
+    let previous = unsafe { libc::umask(umask & 0o777) };
+    let result = make();
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    result
+}
+
+/// Linux's `dev_t` from the kernel's 32-bit encoding of a device number (the one FUSE
+/// carries: minor low 8 bits, major 12 bits, minor high 12 bits).
+pub fn dev_from_fuse(rdev: u32) -> libc::dev_t {
+    let major = (rdev & 0xfff00) >> 8;
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+    libc::makedev(major, minor)
+}
+
+/// The kernel's 32-bit encoding of a device number, for FUSE attributes.
+pub fn dev_to_fuse(dev: libc::dev_t) -> u32 {
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+fn cxattr(name: &[u8]) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// One extended attribute of the object an O_PATH fd names (through /proc, which reaches
+/// the object itself even for a symlink or FIFO): its value if it fits `max` bytes; with
+/// `max` 0, an empty value and the value's length.
+pub fn getxattr(fd: BorrowedFd<'_>, name: &[u8], max: usize) -> io::Result<(Vec<u8>, usize)> {
+    let (path, name) = (proc_path(fd), cxattr(name)?);
+    let mut buf = vec![0u8; max];
+    // SAFETY: NUL-terminated strings and a buffer of `max` bytes.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if max > 0 {
+        buf.truncate(n as usize);
+    }
+    Ok((buf, n as usize))
+}
+
+/// Sets one extended attribute; `flags` are XATTR_CREATE / XATTR_REPLACE.
+pub fn setxattr(fd: BorrowedFd<'_>, name: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
+    let (path, name) = (proc_path(fd), cxattr(name)?);
+    // SAFETY: NUL-terminated strings and a value buffer of its length.
+    cvt(unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+pub fn removexattr(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let (path, name) = (proc_path(fd), cxattr(name)?);
+    // SAFETY: NUL-terminated strings.
+    cvt(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
+}
+
+/// The names of every extended attribute of an object, as the backing file system lists
+/// them.
+pub fn listxattr(fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let path = proc_path(fd);
+    loop {
+        // SAFETY: a NULL buffer of size 0 asks for the size.
+        let size = unsafe { libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; size as usize];
+        // SAFETY: a buffer of its length.
+        let n = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            // An attribute added between the two calls: ask again.
+            if err.raw_os_error() == Some(libc::ERANGE) {
+                continue;
+            }
+            return Err(err);
+        }
+        buf.truncate(n as usize);
+        return Ok(buf
+            .split(|&b| b == 0)
+            .filter(|name| !name.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect());
+    }
+}

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use fuser::Errno;
@@ -41,6 +41,9 @@ pub struct Node {
     /// varies by file); forgotten with the key, as truncating a file to zero starts it
     /// over in the volume's format.
     format: Mutex<Option<FileFormat>>,
+    /// The mode the backing object had when last stat'ed: a write checks it for set-id
+    /// bits to clear without a stat of its own.
+    mode: AtomicU32,
 }
 
 /// What a file's header says: its format and its contents cipher.
@@ -52,6 +55,17 @@ pub struct FileKey {
 impl Node {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// Records the mode a stat of the backing object returned.
+    pub fn note_mode(&self, mode: u32) {
+        self.mode.store(mode, Ordering::Relaxed);
+    }
+
+    /// The last known mode. Every change of the mode through the mount is stat'ed, so
+    /// this can only miss a chmod made in the backing directory.
+    pub fn last_mode(&self) -> u32 {
+        self.mode.load(Ordering::Relaxed)
     }
 
     /// The file's format: the volume's, or in a format 1 volume the one its header says.
@@ -254,5 +268,6 @@ fn new_node(id: u64, fd: OwnedFd, backing_key: (u64, u64)) -> Node {
         content_lock: RwLock::new(()),
         key: Mutex::new(None),
         format: Mutex::new(None),
+        mode: AtomicU32::new(0),
     }
 }

@@ -44,6 +44,9 @@ pub struct XtsFs {
     inodes: InodeTable,
     handles: HandleTable,
     options: FsOptions,
+    /// Whether names, symlink targets and attributes are stored encrypted (a volume
+    /// property, fixed for the life of the mount).
+    encrypted_names: bool,
 }
 
 /// The result of creating or looking up a name.
@@ -77,6 +80,14 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub times: Times,
     pub fh: Option<u64>,
+    /// Who asks; a truncate by a caller without CAP_FSETID clears set-id bits.
+    pub caller: Option<CallerIds>,
+}
+
+/// What getxattr and listxattr answer: the size asked for, or the bytes.
+pub enum XattrReply {
+    Size(u32),
+    Data(Vec<u8>),
 }
 
 const O_ACCMODE: i32 = libc::O_ACCMODE;
@@ -85,11 +96,13 @@ impl XtsFs {
     /// The filesystem over `tree`, the backing directory holding the encrypted tree.
     pub fn new(tree: OwnedFd, keyring: Arc<Keyring>, options: FsOptions) -> std::io::Result<Self> {
         let st = backing::stat(tree.as_fd())?;
+        let encrypted_names = keyring.get().map_or(true, |s| s.names.is_encrypted());
         Ok(XtsFs {
             keyring,
             inodes: InodeTable::new(tree, &st),
             handles: HandleTable::default(),
             options,
+            encrypted_names,
         })
     }
 
@@ -151,7 +164,27 @@ impl XtsFs {
         } else {
             self.options.format.new_files()
         };
-        file_attr(node.id, st, format)
+        node.note_mode(st.st_mode);
+        file_attr(node.id, st, format, self.encrypted_names)
+    }
+
+    /// Clears set-id bits before a write or truncate by a caller without CAP_FSETID, as
+    /// a local file system does. The one place that does it, for writes through the page
+    /// cache and direct I/O alike, truncates and O_TRUNC opens; the kernel's own
+    /// clearing (a setattr before a cached write or a truncate) then finds nothing left.
+    fn drop_setid(&self, node: &Node, caller: CallerIds) -> Result<(), Errno> {
+        if attr::mode_without_setid(node.last_mode()).is_none() || caller.keeps_setid() {
+            return Ok(());
+        }
+        let st = backing::stat(node.fd()).map_err(Errno::from)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(());
+        }
+        if let Some(mode) = attr::mode_without_setid(st.st_mode) {
+            backing::chmod(node.fd(), mode).map_err(Errno::from)?;
+            node.note_mode(st.st_mode & libc::S_IFMT | mode);
+        }
+        Ok(())
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, Errno> {
@@ -196,6 +229,9 @@ impl XtsFs {
             backing::chown(node.fd(), change.uid, change.gid).map_err(Errno::from)?;
         }
         if let Some(size) = change.size {
+            if let Some(caller) = change.caller {
+                self.drop_setid(&node, caller)?;
+            }
             let handle = change.fh.map(|fh| self.handles.get(fh)).transpose()?;
             let opened;
             let file = match handle.as_deref().and_then(Handle::file) {
@@ -256,6 +292,7 @@ impl XtsFs {
         parent: u64,
         name: &OsStr,
         caller: CallerIds,
+        umask: u32,
         make: impl FnOnce(BorrowedFd<'_>, &OsStr) -> std::io::Result<()>,
     ) -> Result<Entry, Errno> {
         let secrets = self.keyring.get()?;
@@ -263,7 +300,7 @@ impl XtsFs {
         let parent = self.inodes.get(parent)?;
         let backing_name = secrets.names.encrypt_name(name)?;
         let side_created = write_side_file(parent.fd(), &backing_name)?;
-        if let Err(e) = make(parent.fd(), backing_name.entry()) {
+        if let Err(e) = backing::with_umask(umask, || make(parent.fd(), backing_name.entry())) {
             if side_created {
                 remove_side_file(parent.fd(), &backing_name);
             }
@@ -274,33 +311,46 @@ impl XtsFs {
         self.register(fd)
     }
 
+    /// A new directory. `mode` and `umask` are the caller's: the backing file system
+    /// applies the umask, or the parent's default ACL instead (see [`backing::with_umask`]),
+    /// as for every new object.
     pub fn mkdir(
         &self,
         parent: u64,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         caller: CallerIds,
     ) -> Result<Entry, Errno> {
-        self.make_entry(parent, name, caller, |dir, entry| {
+        self.make_entry(parent, name, caller, umask, |dir, entry| {
             backing::mkdir_at(dir, entry, mode & 0o7777)
         })
     }
 
-    /// Regular files, FIFOs and sockets; device nodes are refused.
+    /// Regular files, FIFOs, sockets and device nodes. The kernel has checked CAP_MKNOD
+    /// for a device node in the caller's context; the mount is nodev unless mounted with
+    /// `-o dev`, so one cannot be opened through it.
     pub fn mknod(
         &self,
         parent: u64,
         name: &OsStr,
         mode: u32,
+        umask: u32,
+        rdev: u32,
         caller: CallerIds,
     ) -> Result<Entry, Errno> {
         match mode & libc::S_IFMT {
             libc::S_IFIFO | libc::S_IFSOCK => {
-                self.make_entry(parent, name, caller, |dir, entry| {
+                self.make_entry(parent, name, caller, umask, |dir, entry| {
                     backing::mknod_at(dir, entry, mode, 0)
                 })
             }
-            libc::S_IFREG => self.make_entry(parent, name, caller, |dir, entry| {
+            libc::S_IFCHR | libc::S_IFBLK => {
+                self.make_entry(parent, name, caller, umask, |dir, entry| {
+                    backing::mknod_at(dir, entry, mode, backing::dev_from_fuse(rdev))
+                })
+            }
+            libc::S_IFREG => self.make_entry(parent, name, caller, umask, |dir, entry| {
                 backing::open_at(
                     dir,
                     entry,
@@ -309,7 +359,7 @@ impl XtsFs {
                 )
                 .map(drop)
             }),
-            _ => Err(Errno::EPERM),
+            _ => Err(Errno::EINVAL),
         }
     }
 
@@ -325,7 +375,8 @@ impl XtsFs {
             .get()?
             .names
             .encrypt_target(target.as_bytes())?;
-        self.make_entry(parent, name, caller, |dir, entry| {
+        // A symlink's mode is always 0777: no umask applies.
+        self.make_entry(parent, name, caller, 0, |dir, entry| {
             backing::symlink_at(&stored, dir, entry)
         })
     }
@@ -333,7 +384,7 @@ impl XtsFs {
     pub fn link(&self, id: u64, new_parent: u64, new_name: &OsStr) -> Result<Entry, Errno> {
         let node = self.inodes.get(id)?;
         // The kernel holds a reference to the node; the new link shares it.
-        self.make_entry(new_parent, new_name, CallerIds::KEEP, |dir, entry| {
+        self.make_entry(new_parent, new_name, CallerIds::KEEP, 0, |dir, entry| {
             backing::link_at(node.fd(), dir, entry)
         })
     }
@@ -343,11 +394,12 @@ impl XtsFs {
         parent: u64,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         flags: i32,
         caller: CallerIds,
     ) -> Result<(Entry, Opened), Errno> {
         let mut created = None;
-        let entry = self.make_entry(parent, name, caller, |dir, entry| {
+        let entry = self.make_entry(parent, name, caller, umask, |dir, entry| {
             let fd = backing::open_at(
                 dir,
                 entry,
@@ -417,7 +469,7 @@ impl XtsFs {
         Ok(())
     }
 
-    pub fn open(&self, id: u64, flags: i32) -> Result<Opened, Errno> {
+    pub fn open(&self, id: u64, flags: i32, caller: CallerIds) -> Result<Opened, Errno> {
         let secrets = self.keyring.get()?;
         let node = self.inodes.get(id)?;
         let write = flags & O_ACCMODE != libc::O_RDONLY;
@@ -440,6 +492,8 @@ impl XtsFs {
         // send the read that reports the damage.
         self.read_contents(&node, &file, &secrets, |_, _| Ok(()))?;
         if trunc {
+            // The kernel leaves an atomic O_TRUNC entirely to the file system.
+            self.drop_setid(&node, caller)?;
             self.truncate(&node, &file, 0, &secrets)?;
         }
         let direct_io = self.bypasses_page_cache(flags);
@@ -473,10 +527,19 @@ impl XtsFs {
         })
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+    pub fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        caller: CallerIds,
+    ) -> Result<u32, Errno> {
         let secrets = self.keyring.get()?;
         let handle = self.handles.get(fh)?;
         let (node, file) = (handle.node(), handle.writable_file()?);
+        if !data.is_empty() {
+            self.drop_setid(node, caller)?;
+        }
         let written = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
         // Writes that rewrite only their own bytes and keep the length go in parallel.
         let in_place =
@@ -661,6 +724,152 @@ impl XtsFs {
             bsize: st.f_bsize as u32,
             frsize: st.f_frsize as u32,
         })
+    }
+}
+
+/// Extended attributes. `user.`, `trusted.` and `security.` attributes are stored in the
+/// backing object's attribute of the same namespace, with name and value encrypted under
+/// the names key (docs/FORMAT.md, "Extended attributes"); the kernel has checked the
+/// caller's right to each namespace. POSIX ACLs (`system.posix_acl_access`,
+/// `system.posix_acl_default`) are passed through: the backing file system applies them
+/// (to the mode, and to new objects in a directory with a default ACL) and the kernel
+/// enforces them. Each operation is one backing call, so atomic per attribute.
+impl XtsFs {
+    pub fn getxattr(&self, id: u64, name: &OsStr, size: u32) -> Result<XattrReply, Errno> {
+        let secrets = self.keyring.get()?;
+        let node = self.inodes.get(id)?;
+        let name = name.as_bytes();
+        let names = &secrets.names;
+        if is_posix_acl(name) {
+            return backing_xattr_reply(backing::getxattr(node.fd(), name, size as usize), size);
+        }
+        let stored_name = xattr_backing_name(names, name)?;
+        let max = match size {
+            0 => 0,
+            size => size as usize + names.xattr_value_overhead(),
+        };
+        let (stored, len) = backing::getxattr(node.fd(), &stored_name, max).map_err(Errno::from)?;
+        if size == 0 {
+            return Ok(XattrReply::Size(
+                u32::try_from(names.xattr_value_len(len)).map_err(|_| Errno::E2BIG)?,
+            ));
+        }
+        let value = names
+            .decrypt_xattr_value(name, &stored)
+            .map_err(|e| corrupt(node.fd(), &format_args!("extended attribute: {e}")))?;
+        Ok(XattrReply::Data(value))
+    }
+
+    /// The names, as the backing file system lists them to the caller: `trusted.` ones
+    /// only to a caller with CAP_SYS_ADMIN (the daemon itself always sees them).
+    pub fn listxattr(&self, id: u64, size: u32, caller: CallerIds) -> Result<XattrReply, Errno> {
+        let secrets = self.keyring.get()?;
+        let node = self.inodes.get(id)?;
+        let mut list = Vec::new();
+        let mut sees_trusted = None;
+        for stored in backing::listxattr(node.fd()).map_err(Errno::from)? {
+            let name = if is_posix_acl(&stored) {
+                Some(stored)
+            } else {
+                secrets.names.decrypt_xattr_name(&stored)
+            };
+            let mut hidden = |name: &[u8]| {
+                name.starts_with(b"trusted.")
+                    && !*sees_trusted.get_or_insert_with(|| caller.sees_trusted())
+            };
+            if let Some(name) = name.filter(|name| !hidden(name)) {
+                list.extend_from_slice(&name);
+                list.push(0);
+            }
+        }
+        let len = u32::try_from(list.len()).map_err(|_| Errno::E2BIG)?;
+        match size {
+            0 => Ok(XattrReply::Size(len)),
+            _ if len > size => Err(Errno::ERANGE),
+            _ => Ok(XattrReply::Data(list)),
+        }
+    }
+
+    pub fn setxattr(
+        &self,
+        id: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        caller: CallerIds,
+    ) -> Result<(), Errno> {
+        let secrets = self.keyring.get()?;
+        self.writable()?;
+        let node = self.inodes.get(id)?;
+        let name = name.as_bytes();
+        if flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if is_posix_acl(name) {
+            self.may_set_acl(&node, caller)?;
+            backing::setxattr(node.fd(), name, value, flags).map_err(Errno::from)?;
+            // Setting an access ACL may change the mode.
+            return self.attr_of(&node).map(drop);
+        }
+        let stored_name = xattr_backing_name(&secrets.names, name)?;
+        let stored = secrets.names.encrypt_xattr_value(name, value)?;
+        backing::setxattr(node.fd(), &stored_name, &stored, flags).map_err(Errno::from)
+    }
+
+    pub fn removexattr(&self, id: u64, name: &OsStr, caller: CallerIds) -> Result<(), Errno> {
+        let secrets = self.keyring.get()?;
+        self.writable()?;
+        let node = self.inodes.get(id)?;
+        let name = name.as_bytes();
+        if is_posix_acl(name) {
+            self.may_set_acl(&node, caller)?;
+            backing::removexattr(node.fd(), name).map_err(Errno::from)?;
+            return self.attr_of(&node).map(drop);
+        }
+        let stored_name = xattr_backing_name(&secrets.names, name)?;
+        backing::removexattr(node.fd(), &stored_name).map_err(Errno::from)
+    }
+
+    /// Only the owner (or root) may set or remove a POSIX ACL, as on a local file
+    /// system; the daemon's own call in the backing directory would always be allowed.
+    fn may_set_acl(&self, node: &Node, caller: CallerIds) -> Result<(), Errno> {
+        let st = backing::stat(node.fd()).map_err(Errno::from)?;
+        if caller.uid == 0 || caller.uid == st.st_uid {
+            Ok(())
+        } else {
+            Err(Errno::EPERM)
+        }
+    }
+}
+
+fn is_posix_acl(name: &[u8]) -> bool {
+    name == b"system.posix_acl_access" || name == b"system.posix_acl_default"
+}
+
+/// The backing name of an attribute xtsfs stores; EOPNOTSUPP for a namespace it does not
+/// serve, ERANGE for a name too long to encrypt within the backing limit.
+fn xattr_backing_name(names: &NameCipher, name: &[u8]) -> Result<Vec<u8>, Errno> {
+    if !NameCipher::stores_xattr(name) {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    names.encrypt_xattr_name(name).map_err(|e| match e {
+        crate::crypto::names::NameError::TooLong => Errno::ERANGE,
+        e => Errno::from(e),
+    })
+}
+
+/// A getxattr answer from a passed-through backing attribute.
+fn backing_xattr_reply(
+    result: std::io::Result<(Vec<u8>, usize)>,
+    size: u32,
+) -> Result<XattrReply, Errno> {
+    let (value, len) = result.map_err(Errno::from)?;
+    if size == 0 {
+        Ok(XattrReply::Size(
+            u32::try_from(len).map_err(|_| Errno::E2BIG)?,
+        ))
+    } else {
+        Ok(XattrReply::Data(value))
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod contract;
 pub mod mount;
 pub mod sys;
+pub mod users;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -3,7 +3,10 @@
 //! Where POSIX leaves a result to the file system, a scenario runs both in a directory on
 //! the local file system and in the mount, and the two must observe the same thing.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod users;
+mod xattrs;
 
 use std::alloc::{self, Layout};
 use std::collections::{BTreeMap, BTreeSet};
@@ -1875,32 +1878,6 @@ fn mknod_makes_fifos_sockets_and_regular_files() {
         .unwrap()
         .file_type()
         .is_fifo());
-}
-
-#[test]
-fn xattrs_are_not_supported() {
-    let env = TestEnv::new();
-    let m = env.mounted(&[]);
-    fs::write(m.path("file"), b"x").unwrap();
-    fs::create_dir(m.path("dir")).unwrap();
-    let name = c"user.test";
-    for path in [m.path("file"), m.path("dir")] {
-        let path = cpath(&path);
-        let mut buf = [0u8; 64];
-        // SAFETY: NUL-terminated strings and buffers with their lengths.
-        unsafe {
-            let set = libc::setxattr(path.as_ptr(), name.as_ptr(), b"v".as_ptr().cast(), 1, 0);
-            assert_errno(cvt(set), libc::ENOTSUP);
-            let get = libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 64);
-            assert_errno(cvt(get as i32), libc::ENOTSUP);
-            let list = libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), 64);
-            assert_errno(cvt(list as i32), libc::ENOTSUP);
-            assert_errno(
-                cvt(libc::removexattr(path.as_ptr(), name.as_ptr())),
-                libc::ENOTSUP,
-            );
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
