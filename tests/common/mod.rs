@@ -6,6 +6,7 @@
 
 pub mod contract;
 pub mod mount;
+pub mod redis;
 pub mod sys;
 pub mod users;
 
