@@ -140,6 +140,7 @@ fn every_vector_in_the_document_is_checked() {
         "v2-file-header",
         "v2-header",
         "v2-lengths",
+        "xattrs",
     ];
     assert_eq!(names, checked.into_iter().map(String::from).collect());
 }
@@ -681,5 +682,38 @@ fn v2_contents() {
     expected[160..176].fill(0);
     expected[4128..].fill(0);
     assert_eq!(read_v2_file(&holed, &xts), expected);
+    v.done();
+}
+
+#[test]
+fn xattr_encryption() {
+    let mut v = vector("xattrs");
+    let names = NameCipher::Encrypted(SecretBytes::from_slice(&v.hex("names_key")).unwrap().into());
+    for (name, stored) in v.with_prefix("name_") {
+        assert_eq!(
+            String::from_utf8(names.encrypt_xattr_name(name.as_bytes()).unwrap()).unwrap(),
+            stored
+        );
+        assert_eq!(
+            names.decrypt_xattr_name(stored.as_bytes()).unwrap(),
+            name.as_bytes()
+        );
+    }
+    let name = v.text("value_name");
+    let value = v.text("value");
+    let nonce: [u8; 16] = v.hex("value_nonce").try_into().unwrap();
+    let stored = v.hex("stored_value");
+    assert_eq!(
+        names
+            .encrypt_xattr_value_with_nonce(name.as_bytes(), value.as_bytes(), &nonce)
+            .unwrap(),
+        stored
+    );
+    assert_eq!(
+        names.decrypt_xattr_value(name.as_bytes(), &stored).unwrap(),
+        value.as_bytes()
+    );
+    // Bound to its name: the same bytes under another name do not decrypt.
+    assert!(names.decrypt_xattr_value(b"user.other", &stored).is_err());
     v.done();
 }
