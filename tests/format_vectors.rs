@@ -686,6 +686,8 @@ fn v2_contents() {
 }
 
 #[test]
+// `.into()` builds the cipher's key type whichever it is (the SecretBytes or a wrapper).
+#[allow(clippy::useless_conversion)]
 fn xattr_encryption() {
     let mut v = vector("xattrs");
     let names = NameCipher::Encrypted(SecretBytes::from_slice(&v.hex("names_key")).unwrap().into());
