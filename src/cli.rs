@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use std::time::Duration;
 
 use crate::commands::{
-    Command, Config, InitConfig, PlatformKeyAction, RewrapConfig, Settings, StatusConfig,
-    UpgradeConfig,
+    Command, Config, FsckConfig, InitConfig, PlatformKeyAction, RewrapConfig, Settings,
+    StatusConfig, UpgradeConfig,
 };
 use crate::error::{Error, ExitCode};
 use crate::keycheck::OnKeyLoss;
@@ -99,6 +99,30 @@ enum Sub {
     /// safe to interrupt: run it again to finish).
     Upgrade {
         backing: PathBuf,
+        /// Unwrap with this key instead of the one the header records.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Check an unmounted volume offline, read-only: header, file headers and sizes,
+    /// names, long-name side files, symlink targets, the backing root. XTS has no
+    /// integrity, so fsck cannot detect changed ciphertext.
+    #[command(after_help = crate::volume::fsck::HELP)]
+    Fsck {
+        backing: PathBuf,
+        /// Print one JSON object (the report) instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// Also read and decrypt every file, and warn about 4 KiB units stored as zeros.
+        #[arg(long)]
+        contents: bool,
+        /// Remove orphan long-name side files; move entries whose name or symlink
+        /// target does not decrypt to BACKING/lost+found/. Loses nothing; prints each
+        /// action.
+        #[arg(long)]
+        repair: bool,
+        /// Check a mounted volume anyway (not with --repair).
+        #[arg(long)]
+        force: bool,
         /// Unwrap with this key instead of the one the header records.
         #[arg(long)]
         key: Option<String>,
@@ -219,6 +243,23 @@ impl Opts {
             }),
             Sub::Upgrade { backing, key } => Command::Upgrade(UpgradeConfig {
                 backing,
+                key: parse_opt(key)?,
+            }),
+            Sub::Fsck {
+                backing,
+                json,
+                contents,
+                repair,
+                force,
+                key,
+            } => Command::Fsck(FsckConfig {
+                backing,
+                json,
+                options: crate::volume::fsck::FsckOptions {
+                    contents,
+                    repair,
+                    force,
+                },
                 key: parse_opt(key)?,
             }),
             Sub::Mount {

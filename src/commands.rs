@@ -33,6 +33,7 @@ pub enum Command {
     Status(StatusConfig),
     Rewrap(RewrapConfig),
     Upgrade(UpgradeConfig),
+    Fsck(FsckConfig),
     PlatformKey(PlatformKeyAction),
     Mount(MountConfig),
     Unmount(UnmountConfig),
@@ -62,6 +63,13 @@ pub struct UpgradeConfig {
     pub key: Option<KeyRef>,
 }
 
+pub struct FsckConfig {
+    pub backing: PathBuf,
+    pub json: bool,
+    pub options: volume::fsck::FsckOptions,
+    pub key: Option<KeyRef>,
+}
+
 pub enum PlatformKeyAction {
     Create(String),
     List,
@@ -77,6 +85,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         Command::Status(c) => status(&c, settings),
         Command::Rewrap(c) => rewrap(&c, settings),
         Command::Upgrade(c) => upgrade(&c, settings),
+        Command::Fsck(c) => fsck(&c, settings),
         Command::PlatformKey(action) => platform_key(action, &settings.keys),
         Command::Mount(c) => mount::mount(&c, settings),
         Command::Unmount(c) => mount::unmount(&c),
@@ -176,6 +185,35 @@ fn upgrade(c: &UpgradeConfig, settings: &Settings) -> Result<(), Error> {
     view.finish();
     println!("{}", upgrade::summary(&report?, &c.backing));
     Ok(())
+}
+
+/// `xtsfs fsck`: the report on stdout; exits with its code (docs in fsck::HELP).
+fn fsck(c: &FsckConfig, settings: &Settings) -> Result<(), Error> {
+    use std::io::{IsTerminal, Write};
+    use volume::fsck;
+    let mut view = fsck::ProgressView::new(std::io::stderr().is_terminal(), c.options.contents);
+    let report = fsck::fsck(
+        &c.backing,
+        &settings.keys,
+        c.key.as_ref(),
+        c.options,
+        &mut |event| view.event(event),
+    );
+    view.finish();
+    let report = report?;
+    let text = match c.json {
+        true => serde_json::to_string_pretty(&report).expect("report serializes") + "\n",
+        false => fsck::render(&report),
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(Error::io("cannot write the report", "stdout"))?;
+    match report.exit_code {
+        0 => Ok(()),
+        code => std::process::exit(code.into()),
+    }
 }
 
 #[derive(Serialize)]

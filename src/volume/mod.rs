@@ -3,6 +3,7 @@
 //! can ever collide with xtsfs's own files.
 
 pub mod file_header;
+pub mod fsck;
 pub mod header;
 pub mod upgrade;
 

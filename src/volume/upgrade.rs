@@ -208,7 +208,7 @@ pub fn upgrade(
 /// The lock a mounted daemon holds on its backing directory for as long as it runs
 /// (`lock_volume` in src/mount.rs), taken without waiting: held, the volume is mounted
 /// (or another upgrade runs). Holding it keeps a mount from starting during the upgrade.
-fn lock_offline(dir: &OwnedFd, backing: &Path) -> Result<(), Error> {
+pub(super) fn lock_offline(dir: &OwnedFd, backing: &Path) -> Result<(), Error> {
     // SAFETY: a valid fd; the lock lives as long as the fd.
     if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(());
@@ -338,7 +338,7 @@ struct Run<'a> {
     buf: Vec<u8>,
 }
 
-const DIR_FLAGS: i32 = libc::O_RDONLY | libc::O_DIRECTORY;
+pub(super) const DIR_FLAGS: i32 = libc::O_RDONLY | libc::O_DIRECTORY;
 
 impl Run<'_> {
     fn finish(mut self, started: Instant) -> UpgradeReport {
@@ -680,7 +680,7 @@ fn parent(path: &Path) -> &Path {
     path.parent().unwrap_or(path)
 }
 
-fn is_zero(bytes: &[u8]) -> bool {
+pub(super) fn is_zero(bytes: &[u8]) -> bool {
     let (blocks, rest) = bytes.as_chunks::<16>();
     blocks.iter().all(|b| u128::from_ne_bytes(*b) == 0) && rest.iter().all(|b| *b == 0)
 }
@@ -721,7 +721,7 @@ fn set_times(fd: BorrowedFd<'_>, times: &Times) -> io::Result<()> {
 // Thin wrappers of the *at system calls: every access is relative to a directory fd,
 // with O_NOFOLLOW, so a symlink planted in the tree is never followed.
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+pub(super) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -729,11 +729,11 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn cname(name: &OsStr) -> io::Result<CString> {
+pub(super) fn cname(name: &OsStr) -> io::Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-fn open_dir(path: &Path) -> Result<OwnedFd, Error> {
+pub(super) fn open_dir(path: &Path) -> Result<OwnedFd, Error> {
     let cpath = cname(path.as_os_str()).map_err(Error::io("cannot open", path))?;
     // SAFETY: a NUL-terminated path; on success we own the fd.
     let fd = cvt(unsafe { libc::open(cpath.as_ptr(), DIR_FLAGS | libc::O_CLOEXEC) }).map_err(
@@ -746,7 +746,12 @@ fn open_dir(path: &Path) -> Result<OwnedFd, Error> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+pub(super) fn open_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: i32,
+    mode: u32,
+) -> io::Result<OwnedFd> {
     let name = cname(name)?;
     let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     // SAFETY: a valid fd and NUL-terminated name; on success we own the fd.
@@ -757,7 +762,7 @@ fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::Resu
 
 /// Opens a file to read it without changing its atime where we may (O_NOATIME needs
 /// the file's owner or CAP_FOWNER). O_NONBLOCK: a FIFO swapped in never blocks us.
-fn open_read(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+pub(super) fn open_read(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     let flags = libc::O_RDONLY | libc::O_NONBLOCK;
     match open_at(dir, name, flags | libc::O_NOATIME, 0) {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => open_at(dir, name, flags, 0),
@@ -767,7 +772,7 @@ fn open_read(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
 
 /// Opens the directory `relative` (to the tree) one component at a time, so no
 /// component can be a symlink.
-fn open_dir_in(tree: BorrowedFd<'_>, relative: &Path) -> io::Result<OwnedFd> {
+pub(super) fn open_dir_in(tree: BorrowedFd<'_>, relative: &Path) -> io::Result<OwnedFd> {
     let mut dir = open_at(tree, OsStr::new("."), DIR_FLAGS, 0)?;
     for component in relative.iter() {
         dir = open_at(dir.as_fd(), component, DIR_FLAGS, 0)?;
@@ -775,7 +780,7 @@ fn open_dir_in(tree: BorrowedFd<'_>, relative: &Path) -> io::Result<OwnedFd> {
     Ok(dir)
 }
 
-fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<libc::stat> {
+pub(super) fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<libc::stat> {
     let name = cname(name)?;
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: valid fd and path; st is written on success.
@@ -791,7 +796,7 @@ fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<libc::stat> {
     Ok(unsafe { st.assume_init() })
 }
 
-fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+pub(super) fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: a valid fd; st is written on success.
     cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
@@ -801,6 +806,12 @@ fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
 
 /// The names in a directory, without `.` and `..`.
 fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
+    list_dir_typed(dir).map(|entries| entries.into_iter().map(|(name, _)| name).collect())
+}
+
+/// The names in a directory with their `d_type` (`DT_UNKNOWN` where the file system
+/// does not say), without `.` and `..`.
+pub(super) fn list_dir_typed(dir: BorrowedFd<'_>) -> io::Result<Vec<(OsString, u8)>> {
     let own = open_at(dir, OsStr::new("."), DIR_FLAGS, 0)?;
     // SAFETY: a valid fd, which the stream owns from here on (closedir closes it).
     let stream = unsafe { libc::fdopendir(own.as_raw_fd()) };
@@ -825,7 +836,8 @@ fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
         let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
         let name = OsStr::from_bytes(name.to_bytes());
         if name != "." && name != ".." {
-            names.push(name.to_owned());
+            // SAFETY: as above.
+            names.push((name.to_owned(), unsafe { (*entry).d_type }));
         }
     };
     // SAFETY: the stream is open; this closes it and its fd.
@@ -833,7 +845,7 @@ fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
     result.map(|()| names)
 }
 
-fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+pub(super) fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     let name = cname(name)?;
     // SAFETY: a valid fd and path.
     cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) }).map(drop)
@@ -879,7 +891,7 @@ fn link_at(
     .map(drop)
 }
 
-fn sync_dir(dir: BorrowedFd<'_>) -> io::Result<()> {
+pub(super) fn sync_dir(dir: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: a valid fd.
     cvt(unsafe { libc::fsync(dir.as_raw_fd()) }).map(drop)
 }
