@@ -22,6 +22,8 @@ pub enum AuditEvent {
     Rewrap,
     AutoRotate,
     CheckFailed,
+    /// The key service gave no definite answer: still serving within the grace period.
+    Degraded,
     Locked,
     Restored,
     Unmount,

@@ -53,6 +53,24 @@ pub struct Opts {
     #[arg(long, global = true, env = "XTSFS_RUN_DIR", default_value = live::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
 
+    /// Where this host records the last header epoch and protector it saw of each volume
+    /// (and suspended PKCS#11 logins). Default: beside the platform key store
+    /// (/var/lib/xtsfs/volume-state for the default store).
+    #[arg(long, global = true, env = "XTSFS_HOST_STATE_DIR")]
+    host_state_dir: Option<PathBuf>,
+
+    /// The file holding the PIN of the PKCS#11 token a volume header names. A PIN
+    /// source in a header is never used; a --key given on the command line may name its
+    /// own.
+    #[arg(long, global = true, env = "XTSFS_PKCS11_PIN_SOURCE")]
+    pkcs11_pin_source: Option<PathBuf>,
+
+    /// Accept a header this host did not see written (older than the last one it saw,
+    /// or rewrapped elsewhere): for a volume moved or rewrapped on another host. The
+    /// header becomes the one this host expects from then on.
+    #[arg(long, global = true)]
+    accept_header_from_elsewhere: bool,
+
     #[command(subcommand)]
     command: Sub,
 }
@@ -155,6 +173,16 @@ enum Sub {
         /// How often the key is checked (e.g. 60s, 500ms, 5m).
         #[arg(long, default_value = "60s", value_parser = parse_interval)]
         key_check_interval: Duration,
+        /// The deadline of one key check; a check that overruns it has failed (default:
+        /// the interval, at most 30s).
+        #[arg(long, value_parser = parse_interval)]
+        key_check_timeout: Option<Duration>,
+        /// How long answers from the key service that are not definite (timeouts,
+        /// connection errors, "unavailable") are retried, the volume still serving and
+        /// "degraded", before --on-key-loss applies. Definite answers (denied, disabled,
+        /// deleted, not found, wrong key) apply it at once.
+        #[arg(long, default_value = "5m", value_parser = parse_grace)]
+        key_unavailable_grace: Duration,
         /// On losing the key: lock (flush, forget keys, EACCES) or alert (keep serving).
         #[arg(long, value_enum, default_value_t = KeyLossArg::Lock)]
         on_key_loss: KeyLossArg,
@@ -195,6 +223,11 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
+fn parse_grace(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (give a duration such as 5m, 90s or 0s)"))
+}
+
 #[derive(Debug, Subcommand)]
 enum PlatformKeyCmd {
     /// Create version 1 of a new platform key.
@@ -207,8 +240,30 @@ enum PlatformKeyCmd {
 
 impl Opts {
     pub fn into_config(self) -> Result<Config, Error> {
+        let mut keys = KeyContext::new(self.platform_key_dir, &self.trusted_key_dir);
+        if let Some(dir) = self.host_state_dir {
+            keys.host_state_dir = dir;
+        }
+        if let Some(pin) = self.pkcs11_pin_source {
+            let path = pin
+                .to_str()
+                .and_then(|p| {
+                    p.strip_prefix("file://")
+                        .or_else(|| p.strip_prefix("file:"))
+                })
+                .map(PathBuf::from)
+                .unwrap_or(pin);
+            if !path.is_absolute() {
+                return Err(Error::Usage(format!(
+                    "--pkcs11-pin-source '{}' must be an absolute path",
+                    path.display()
+                )));
+            }
+            keys.pkcs11_pin_source = Some(path);
+        }
+        keys.accept_header_from_elsewhere = self.accept_header_from_elsewhere;
         let settings = Settings {
-            keys: KeyContext::new(self.platform_key_dir, &self.trusted_key_dir),
+            keys,
             audit_log: self.audit_log,
             run_dir: self.run_dir,
         };
@@ -273,6 +328,8 @@ impl Opts {
                 threads,
                 log_file,
                 key_check_interval,
+                key_check_timeout,
+                key_unavailable_grace,
                 on_key_loss,
                 ephemeral,
                 direct_io,
@@ -287,6 +344,8 @@ impl Opts {
                 threads: threads.into(),
                 log_file,
                 key_check_interval,
+                key_check_timeout,
+                key_unavailable_grace,
                 on_key_loss: match on_key_loss {
                     KeyLossArg::Lock => OnKeyLoss::Lock,
                     KeyLossArg::Alert => OnKeyLoss::Alert,

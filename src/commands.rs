@@ -80,7 +80,30 @@ pub fn run(config: Config) -> Result<(), Error> {
     process::init_logging(config.verbosity);
     process::harden();
     let settings = &config.settings;
-    match config.command {
+    // Errors quote header fields and KMS answers, which whoever wrote them controls: no
+    // control characters reach the terminal.
+    dispatch(config.command, settings).map_err(|e| Error::Daemon {
+        code: e.exit_code(),
+        message: printable(&e.to_string()),
+        hint: e.hint().map(|h| printable(&h)),
+    })
+}
+
+/// `text` with every control character (terminal escapes, newlines) shown escaped.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn dispatch(command: Command, settings: &Settings) -> Result<(), Error> {
+    match command {
         Command::Init(c) => init(&c, settings),
         Command::Status(c) => status(&c, settings),
         Command::Rewrap(c) => rewrap(&c, settings),
@@ -111,11 +134,14 @@ fn init(c: &InitConfig, settings: &Settings) -> Result<(), Error> {
     println!(
         "created xtsfs volume {} in {}",
         body.volume_id,
-        c.backing.display()
+        printable(&c.backing.display().to_string())
     );
     println!(
-        "protector: {} ({})",
-        body.protector.key, body.protector.key.algorithm
+        "protector: {}",
+        printable(&format!(
+            "{} ({})",
+            body.protector.key, body.protector.key.algorithm
+        ))
     );
     Ok(())
 }
@@ -163,15 +189,23 @@ fn rewrap(c: &RewrapConfig, settings: &Settings) -> Result<(), Error> {
         Some(&detail),
     );
     if let Some(live) = live {
-        // The daemon checks access against the new protector right away.
-        // SAFETY: plain signal to the daemon's pid.
-        unsafe { libc::kill(live.pid as i32, libc::SIGUSR2) };
+        // The daemon checks access against the new protector right away. Through a pidfd
+        // of the verified daemon: a reused pid is never signalled.
+        if let Err(e) = live.signal(libc::SIGUSR2) {
+            tracing::warn!(
+                pid = live.pid,
+                "cannot ask the mount to check its key now ({e}); it will at its next check"
+            );
+        }
     }
     println!("rewrapped volume {}", new.volume_id);
-    println!("from: {}", old.protector.key);
+    println!("from: {}", printable(&old.protector.key.to_string()));
     println!(
-        "to:   {} ({})",
-        new.protector.key, new.protector.key.algorithm
+        "to:   {}",
+        printable(&format!(
+            "{} ({})",
+            new.protector.key, new.protector.key.algorithm
+        ))
     );
     Ok(())
 }
@@ -255,12 +289,24 @@ fn status(c: &StatusConfig, settings: &Settings) -> Result<(), Error> {
         );
         return Ok(());
     }
-    let (body, bytes) = volume::read_header(&backing)?;
-    let check = volume::provider_for(&body.protector, c.key.as_ref(), &settings.keys).and_then(
-        |provider| {
+    let (body, bytes) = match volume::read_header(&backing) {
+        Ok(header) => header,
+        // A mounted volume whose header cannot be read now: its daemon's view is still
+        // worth printing before the error.
+        Err(e) => {
+            if let Some(live) = live {
+                print_live_only(&live, c.json, &e);
+            }
+            return Err(e);
+        }
+    };
+    let check = volume::provider_for(&body.protector, c.key.as_ref(), &settings.keys)
+        .and_then(|provider| {
             volume::unwrap_and_verify(provider.as_ref(), &body, &bytes, &backing.join(HEADER_FILE))
-        },
-    );
+        })
+        .and_then(|dek| {
+            volume::check_host_record(&settings.keys, &body, &dek, volume::RecordUse::Status)
+        });
     let report = report(&body, check.as_ref().err(), live);
     if c.json {
         println!(
@@ -272,6 +318,44 @@ fn status(c: &StatusConfig, settings: &Settings) -> Result<(), Error> {
     }
     // Monitoring scripts get the key error's exit code; the report is already printed.
     check.map(drop)
+}
+
+/// The status of a mounted volume whose header cannot be read: its daemon's view, and why
+/// the header is not shown.
+fn print_live_only(live: &LiveStatus, json: bool, error: &Error) {
+    if json {
+        let report = serde_json::json!({
+            "key_reachable": false,
+            "key_error": error.to_string(),
+            "live": live,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("status serializes")
+        );
+    } else {
+        println!(
+            "header:      NOT readable: {}",
+            printable(&error.to_string())
+        );
+        println!(
+            "mounted:     on {} (pid {})",
+            printable(&live.mountpoint.display().to_string()),
+            live.pid
+        );
+        let state = serde_json::to_string(&live.state).unwrap_or_default();
+        println!("  state:     {}", state.trim_matches('"'));
+        if let Some(check) = &live.last_check {
+            match &check.error {
+                None => println!("  last check: {} ok", printable(&check.at)),
+                Some(e) => println!(
+                    "  last check: {} FAILED: {}",
+                    printable(&check.at),
+                    printable(e)
+                ),
+            }
+        }
+    }
 }
 
 fn report<'a>(
@@ -302,8 +386,11 @@ fn report<'a>(
     }
 }
 
+/// Prints the report for a terminal. Every string from the header or the daemon's status
+/// goes through [`printable`]: a crafted `key_ref` cannot send escape sequences.
 fn print_status(r: &StatusReport<'_>) {
-    println!("volume:      {}", r.volume_id);
+    let p = |text: &str| printable(text);
+    println!("volume:      {}", p(r.volume_id));
     match r.epoch {
         Some(epoch) => println!("format:      {} (header epoch {epoch})", r.format_version),
         None => println!(
@@ -313,21 +400,23 @@ fn print_status(r: &StatusReport<'_>) {
     }
     println!(
         "cipher:      {} ({}-byte data units)",
-        r.cipher, r.data_unit_size
+        p(r.cipher),
+        r.data_unit_size
     );
-    println!("names:       {}", r.names);
-    println!("created:     {}", r.created_at);
+    println!("names:       {}", p(r.names));
+    println!("created:     {}", p(r.created_at));
     println!(
         "protector:   {} key '{}'",
-        r.protector.kind, r.protector.key_id
+        p(&r.protector.kind),
+        p(r.protector.key_id)
     );
-    println!("  version:   {}", r.protector.key_version);
-    println!("  algorithm: {}", r.protector.algorithm);
-    println!("  key ref:   {}", r.protector.key_ref);
-    println!("  wrapped:   {}", r.protector.wrapped_at);
+    println!("  version:   {}", p(r.protector.key_version));
+    println!("  algorithm: {}", p(r.protector.algorithm));
+    println!("  key ref:   {}", p(r.protector.key_ref));
+    println!("  wrapped:   {}", p(r.protector.wrapped_at));
     match &r.key_error {
         None => println!("key:         reachable (unwrap and header MAC verified)"),
-        Some(e) => println!("key:         NOT reachable: {e}"),
+        Some(e) => println!("key:         NOT reachable: {}", p(e)),
     }
     match &r.live {
         None => println!("mounted:     no"),
@@ -335,18 +424,21 @@ fn print_status(r: &StatusReport<'_>) {
             let state = serde_json::to_string(&live.state).unwrap_or_default();
             println!(
                 "mounted:     on {} (pid {})",
-                live.mountpoint.display(),
+                p(&live.mountpoint.display().to_string()),
                 live.pid
             );
             println!(
                 "  state:     {} (on key loss: {})",
                 state.trim_matches('"'),
-                live.on_key_loss
+                p(&live.on_key_loss)
             );
+            if let Some(since) = &live.degraded_since {
+                println!("  degraded since: {}", p(since));
+            }
             if let Some(check) = &live.last_check {
                 match &check.error {
-                    None => println!("  last check: {} ok", check.at),
-                    Some(e) => println!("  last check: {} FAILED: {e}", check.at),
+                    None => println!("  last check: {} ok", p(&check.at)),
+                    Some(e) => println!("  last check: {} FAILED: {}", p(&check.at), p(e)),
                 }
             }
         }

@@ -40,6 +40,18 @@ pub enum Error {
     NotEmpty(PathBuf),
     #[error("corrupt volume header '{path}': {source}")]
     Header { path: PathBuf, source: HeaderError },
+    /// A header this host will not use: older than the last one it saw of the volume, or
+    /// changed without a rewrap on this host.
+    #[error("refusing the header of volume {volume_id}: {detail}")]
+    HeaderRefused {
+        volume_id: String,
+        detail: String,
+        /// Refused by the key check of a running mount, which accepts nothing from
+        /// elsewhere.
+        running: bool,
+        /// The host's record of the volume.
+        record: PathBuf,
+    },
     #[error("{0}")]
     Mount(String),
     /// An error the background mount daemon reported before it was ready.
@@ -75,7 +87,10 @@ impl Error {
             // A malformed key reference is a usage error wherever it is caught.
             Error::Usage(_) | Error::Key(KeyError::InvalidRef(_)) => ExitCode::Usage,
             Error::Key(_) => ExitCode::Key,
-            Error::NotAVolume(_) | Error::NotEmpty(_) | Error::Header { .. } => ExitCode::Volume,
+            Error::NotAVolume(_)
+            | Error::NotEmpty(_)
+            | Error::Header { .. }
+            | Error::HeaderRefused { .. } => ExitCode::Volume,
             Error::Mount(_) => ExitCode::Mount,
             Error::Daemon { code, .. } => *code,
             Error::Io { .. } => ExitCode::Failure,
@@ -99,6 +114,13 @@ impl Error {
             Error::Header { .. } => Some(
                 "restore xtsfs.header from a backup, or use an xtsfs that reads this format".into(),
             ),
+            Error::HeaderRefused { running: true, .. } => Some(
+                "a running mount accepts only headers written by itself or by xtsfs rewrap on this host: put back the current xtsfs.header; to take a header from elsewhere, unmount and mount with --accept-header-from-elsewhere".into(),
+            ),
+            Error::HeaderRefused { record, .. } => Some(format!(
+                "if someone put an old or foreign header back, restore the current xtsfs.header. If the header is legitimate (the volume was rewrapped on another host, or moved here from one), accept it once with --accept-header-from-elsewhere (mount, rewrap or status), or rewrap on this host; key changes made with xtsfs rewrap on this host are always accepted. The host's record is '{}'",
+                record.display()
+            )),
             Error::Mount(_) => None,
             Error::Daemon { hint, .. } => hint.clone(),
             Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {

@@ -22,6 +22,9 @@ pub enum ServingState {
     Locked,
     /// The key was lost and the policy is `alert`: still serving, alerting at each check.
     Alert,
+    /// The key service gave no definite answer (a timeout, "unavailable"): still serving
+    /// and retrying, until `--key-unavailable-grace` runs out and `--on-key-loss` applies.
+    Degraded,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +37,13 @@ pub struct CheckReport {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LiveStatus {
     pub pid: u32,
+    /// The daemon's start time in clock ticks since boot (/proc/PID/stat field 22) and its
+    /// executable: with the pid they identify the daemon, so that a pid reused by another
+    /// process after a crash is never signalled.
+    #[serde(default)]
+    pub start_time: u64,
+    #[serde(default)]
+    pub exe: PathBuf,
     pub state: ServingState,
     pub backing: PathBuf,
     pub mountpoint: PathBuf,
@@ -44,6 +54,12 @@ pub struct LiveStatus {
     pub last_check: Option<CheckReport>,
     /// The protector currently in the header; `None` for an ephemeral volume.
     pub protector: Option<KeyDescription>,
+    /// The header epoch the daemon last verified (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_epoch: Option<u64>,
+    /// While degraded: since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded_since: Option<String>,
 }
 
 /// The status file for the volume in `backing` (a canonical path).
@@ -71,10 +87,83 @@ impl LiveStatus {
         fs::rename(&tmp, path)
     }
 
-    /// The status of a running daemon, if there is one for this file.
+    /// The status of a running daemon, if there is one for this file: the process with
+    /// the recorded pid must still have the recorded start time and executable.
     pub fn read(path: &Path) -> Option<LiveStatus> {
         let status: LiveStatus = serde_json::from_slice(&fs::read(path).ok()?).ok()?;
-        // SAFETY: signal 0 only checks that the process exists.
-        (unsafe { libc::kill(status.pid as i32, 0) } == 0).then_some(status)
+        status.is_alive().then_some(status)
     }
+
+    fn is_alive(&self) -> bool {
+        self.pid != 0
+            && process_start_time(self.pid) == Some(self.start_time)
+            && same_exe(
+                &fs::read_link(format!("/proc/{}/exe", self.pid)).unwrap_or_default(),
+                &self.exe,
+            )
+    }
+
+    /// Sends `signal` to the daemon through a pidfd, after checking (with the pidfd held,
+    /// so the pid cannot be reused in between) that it is still the daemon that wrote
+    /// this status.
+    pub fn signal(&self, signal: i32) -> std::io::Result<()> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: pidfd_open returned a new fd that nothing else owns.
+        let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        if !self.is_alive() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the daemon that wrote the status file is gone (its pid now names another process)",
+            ));
+        }
+        // SAFETY: a valid pidfd; no siginfo; no flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+use std::os::fd::{AsRawFd, FromRawFd};
+
+/// Whether /proc/PID/exe names the recorded executable. A binary replaced on disk while
+/// the daemon runs (an upgrade, a rebuild) shows as "PATH (deleted)": the same daemon.
+fn same_exe(now: &Path, recorded: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let strip = |path: &Path| {
+        let bytes = path.as_os_str().as_bytes();
+        bytes.strip_suffix(b" (deleted)").unwrap_or(bytes).to_vec()
+    };
+    let now = strip(now);
+    !now.is_empty() && now == strip(recorded)
+}
+
+/// This process's identity for its status file: start time and executable.
+pub fn own_identity() -> (u64, PathBuf) {
+    let pid = std::process::id();
+    (
+        process_start_time(pid).unwrap_or(0),
+        fs::read_link("/proc/self/exe").unwrap_or_default(),
+    )
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces or parentheses.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
 }

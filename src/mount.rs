@@ -21,7 +21,7 @@ use crate::crypto::VolumeKey;
 use crate::error::{Error, ExitCode};
 use crate::fs::adapter::FuseAdapter;
 use crate::fs::{FsOptions, Keyring, VolumeSecrets, XtsFs};
-use crate::keycheck::{dek_fingerprint, KeyMonitor, MonitorRequest, OnKeyLoss};
+use crate::keycheck::{KeyMonitor, MonitorRequest, OnKeyLoss};
 use crate::keys::{KeyDescription, KeyError, KeyRef};
 use crate::live::{self, LiveStatus, ServingState};
 use crate::volume::header::VolumeFormat;
@@ -32,6 +32,8 @@ const READY_FD_ENV: &str = "XTSFS_READY_FD";
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// Readahead window for the mount, matching the largest request the daemon accepts.
 const READAHEAD_KIB: u32 = 1024;
+/// How long unmount waits for the key monitor to stop.
+const MONITOR_STOP_WAIT: Duration = Duration::from_secs(2);
 /// FUSE request threads unless `--threads` says otherwise.
 pub const DEFAULT_THREADS: u16 = 4;
 
@@ -47,6 +49,11 @@ pub struct MountConfig {
     pub threads: usize,
     pub log_file: Option<PathBuf>,
     pub key_check_interval: Duration,
+    /// The deadline of one key check; `None`: the interval, at most 30 s.
+    pub key_check_timeout: Option<Duration>,
+    /// How long answers that are not definite (timeouts, "unavailable") are retried, the
+    /// volume still serving, before `on_key_loss` applies.
+    pub key_unavailable_grace: Duration,
     pub on_key_loss: OnKeyLoss,
     /// A volume with a random in-memory key and no header, removed at unmount.
     pub ephemeral: bool,
@@ -143,12 +150,13 @@ fn serve(config: &MountConfig, settings: &Settings, mut ready: Option<File>) -> 
         Ok(session) => session,
         Err(e) => {
             if let Some(ready) = ready.as_mut() {
+                // One line each: the parent reads the report line by line.
                 let _ = write!(
                     ready,
                     "error {}\n{}\n{}\n",
                     e.exit_code() as u8,
-                    e,
-                    e.hint().unwrap_or_default()
+                    crate::commands::printable(&e.to_string()),
+                    crate::commands::printable(&e.hint().unwrap_or_default())
                 );
             }
             return Err(e);
@@ -185,7 +193,8 @@ struct Unlocked {
     format: VolumeFormat,
     volume_id: String,
     protector: Option<KeyDescription>,
-    dek_fingerprint: [u8; 32],
+    header_epoch: Option<u64>,
+    key_check: [u8; 32],
 }
 
 fn unlock(
@@ -197,11 +206,12 @@ fn unlock(
     if config.ephemeral {
         let dek = VolumeKey::generate().map_err(KeyError::from)?;
         return Ok(Unlocked {
-            dek_fingerprint: dek_fingerprint(&dek),
+            key_check: dek.check_value(),
             secrets: VolumeSecrets::new(dek, true),
             format: VolumeFormat::LATEST,
             volume_id: volume::new_uuid()?,
             protector: None,
+            header_epoch: None,
         });
     }
     let volume = volume::unlock(backing, &settings.keys, config.key.as_ref()).inspect_err(|e| {
@@ -224,9 +234,10 @@ fn unlock(
         None,
     );
     Ok(Unlocked {
-        dek_fingerprint: dek_fingerprint(&volume.dek),
+        key_check: volume.dek.check_value(),
         secrets: VolumeSecrets::new(volume.dek, volume.header.names_encrypted()),
         format: volume.header.format,
+        header_epoch: volume.header.epoch,
         volume_id: volume.header.volume_id,
         protector: Some(key),
     })
@@ -291,8 +302,11 @@ fn start(config: &MountConfig, settings: &Settings) -> Result<Running, Error> {
     check_mounted(&mountpoint)?;
     raise_readahead(&mountpoint);
 
+    let (start_time, exe) = live::own_identity();
     let status = LiveStatus {
         pid: std::process::id(),
+        start_time,
+        exe,
         state: ServingState::Serving,
         backing: backing.clone(),
         mountpoint: mountpoint.clone(),
@@ -302,6 +316,8 @@ fn start(config: &MountConfig, settings: &Settings) -> Result<Running, Error> {
         key_check_interval_secs: config.key_check_interval.as_secs_f64(),
         last_check: None,
         protector: unlocked.protector.clone(),
+        header_epoch: unlocked.header_epoch,
+        degraded_since: None,
     };
     let status_path = live::status_path(&settings.run_dir, &backing);
     let monitor = KeyMonitor {
@@ -312,23 +328,28 @@ fn start(config: &MountConfig, settings: &Settings) -> Result<Running, Error> {
         notifier: Some(notifier),
         audit: audit.clone(),
         interval: config.key_check_interval,
+        timeout: config.key_check_timeout.unwrap_or(
+            config
+                .key_check_interval
+                .min(crate::keycheck::MAX_DEFAULT_CHECK_TIMEOUT),
+        ),
+        grace: config.key_unavailable_grace,
         on_loss: config.on_key_loss,
         status,
         status_path: status_path.clone(),
         encrypt_names,
-        dek_fingerprint: unlocked.dek_fingerprint,
+        key_check: unlocked.key_check,
     };
     let monitor = if config.ephemeral {
         // No header and no key to check: the status never changes.
         monitor.publish();
         None
     } else {
-        let (requests, receiver) = mpsc::channel();
-        let handle = std::thread::Builder::new()
-            .name("xtsfs-keycheck".into())
-            .spawn(move || monitor.run(receiver))
-            .map_err(Error::io("cannot start thread", "xtsfs-keycheck"))?;
-        Some((requests, handle))
+        Some(
+            monitor
+                .spawn()
+                .map_err(Error::io("cannot start thread", "xtsfs-keycheck"))?,
+        )
     };
     audit.record(
         &unlocked.volume_id,
@@ -382,8 +403,19 @@ impl Running {
             }
         }
         if let Some((requests, handle)) = self.monitor {
+            // The monitor never waits on a key check (checks run on threads of their
+            // own), so it stops at once; still, unmount never waits on it for more than
+            // a moment. Exiting ends any check still stuck in a key service.
             let _ = requests.send(MonitorRequest::Stop);
-            let _ = handle.join();
+            let deadline = Instant::now() + MONITOR_STOP_WAIT;
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                tracing::warn!("the key monitor did not stop; exiting without it");
+            }
         }
         let _ = std::fs::remove_file(&self.status_path);
         if let Some(backing) = &self.ephemeral_backing {

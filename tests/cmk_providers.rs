@@ -46,6 +46,12 @@ fn softhsm_conf() -> &'static Path {
         );
         fs::write(&conf, text).expect("write softhsm2.conf");
         std::env::set_var("SOFTHSM2_CONF", &conf);
+        // Every test token has the same user PIN. A PIN source recorded in a header is
+        // never used: the xtsfs this binary runs get the PIN from local configuration.
+        let pin = dir.join("user.pin");
+        fs::write(&pin, format!("{USER_PIN}\n")).expect("write PIN file");
+        set_mode(&pin, 0o600);
+        std::env::set_var("XTSFS_PKCS11_PIN_SOURCE", &pin);
         conf
     })
 }
@@ -181,6 +187,14 @@ impl Token {
             self.pin_file.display()
         )
     }
+
+    /// What a header records for [`Token::uri`]: no PIN source.
+    fn recorded_uri(&self, object: &str, path_extra: &str) -> String {
+        format!(
+            "pkcs11:token={};object={object}{path_extra}?module-path={SOFTHSM_MODULE}",
+            self.label
+        )
+    }
 }
 
 impl Drop for Token {
@@ -232,6 +246,14 @@ impl Kms {
     fn key(&self) -> String {
         format!("command:{}", self.program.display())
     }
+}
+
+/// The key context a mount's key check uses: calls capped at the check's deadline (the
+/// default for a 5 s interval).
+fn checking_context(env: &TestEnv) -> xtsfs::keys::KeyContext {
+    let mut ctx = env.key_context();
+    ctx.call_timeout = Some(Duration::from_secs(5));
+    ctx
 }
 
 fn run(program: &str, args: &[&str]) -> String {
@@ -296,7 +318,7 @@ fn pkcs11_provider_meets_the_contract() {
     token.keypair("kek", "01", "rsa:2048");
     let provider = KeyRef::parse(&token.uri("kek", ""))
         .unwrap()
-        .open(&env.key_context())
+        .open(&checking_context(&env))
         .expect("open the token");
     assert_eq!(provider.describe().unwrap().kind, KeyKind::Pkcs11);
     run_provider_contract(provider.as_ref());
@@ -320,7 +342,7 @@ fn pkcs11_init_status_and_rewrap_through_the_cli() {
     assert_eq!(protector["kind"], "pkcs11");
     assert_eq!(protector["key_id"], "cli/kek");
     assert_eq!(protector["key_version"], "01");
-    assert_eq!(protector["key_ref"], uri.as_str());
+    assert_eq!(protector["key_ref"], token.recorded_uri("kek", "").as_str());
     assert_eq!(status["key_reachable"], true);
     // SoftHSM 2.6 does OAEP with SHA-1 only; a token that does SHA-256 records RSA-OAEP-256.
     assert!(matches!(
@@ -368,7 +390,13 @@ fn pkcs11_pin_value_is_used_but_never_stored() {
     );
 
     // The recorded reference has no PIN, so the key needs it again.
-    let output = env.xtsfs(&["status", path_str(&backing)]);
+    let output = Command::new(env!("CARGO_BIN_EXE_xtsfs"))
+        .args(["status", path_str(&backing)])
+        .env("XTSFS_PLATFORM_KEY_DIR", env.platform_key_dir())
+        .env("XTSFS_RUN_DIR", env.path("run"))
+        .env_remove("XTSFS_PKCS11_PIN_SOURCE")
+        .output()
+        .unwrap();
     assert_error(&output, 3);
     assert_stderr_contains(&output, "requires a PIN");
     assert_exit(
@@ -508,8 +536,22 @@ fn pkcs11_missing_token_and_wrong_pin_are_reported() {
         format!("pkcs11:token=reports;object=kek?module-path={SOFTHSM_MODULE}&pin-value=9999");
     let output = env.xtsfs(&["init", path_str(&backing), "--key", &wrong_pin]);
     assert_error(&output, 3);
-    assert_stderr_contains(&output, "access to PKCS#11 token 'reports' was denied");
-    assert_stderr_contains(&output, "CKR_PIN_INCORRECT");
+    assert_stderr_contains(
+        &output,
+        "logins to PKCS#11 token 'reports' are suspended: the login just failed with CKR_PIN_INCORRECT",
+    );
+
+    // No more logins until the operator acts: the right PIN file was not touched since.
+    let output = env.xtsfs(&["init", path_str(&backing), "--key", &token.uri("kek", "")]);
+    assert_error(&output, 3);
+    assert_stderr_contains(&output, "the last login (at ");
+    let marker = fs::read_dir(env.path("volume-state/pkcs11-suspended"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    fs::remove_file(marker).unwrap();
 
     let output = env.xtsfs(&[
         "init",
@@ -531,6 +573,99 @@ fn pkcs11_missing_token_and_wrong_pin_are_reported() {
     assert!(!backing.exists());
 }
 
+/// The header is not authenticated until the key it names has unwrapped the DEK, so it
+/// may not choose the PIN: a `pin-value` in it is refused, a `pin-source` in it is not
+/// used (the PIN comes from --pkcs11-pin-source / XTSFS_PKCS11_PIN_SOURCE).
+#[test]
+fn a_header_cannot_choose_the_pkcs11_pin() {
+    let env = TestEnv::new();
+    let token = Token::new(&env, "header-pin");
+    token.keypair("kek", "01", "rsa:2048");
+    let backing = env.backing();
+    assert_exit(
+        &env.xtsfs(&["init", path_str(&backing), "--key", &token.uri("kek", "")]),
+        0,
+    );
+    let ctx = env.key_context();
+    let mut volume = xtsfs::volume::unlock(
+        &backing,
+        &ctx,
+        Some(&KeyRef::parse(&token.uri("kek", "")).unwrap()),
+    )
+    .unwrap();
+    // Headers as someone with write access to the backing directory (and the DEK, for
+    // a valid MAC: the worst case) would write them; the host records each as its own.
+    let mut forge = |key_ref: String| {
+        volume.header.protector.key.key_ref = key_ref;
+        fs::write(
+            backing.join("xtsfs.header"),
+            volume.header.encode(&volume.dek),
+        )
+        .unwrap();
+        xtsfs::volume::record_header(&ctx, &volume.header, &volume.dek).unwrap();
+    };
+
+    forge(format!("{}&pin-value=9999", token.recorded_uri("kek", "")));
+    let output = env.xtsfs(&["status", path_str(&backing)]);
+    assert_error(&output, 2);
+    assert_stderr_contains(&output, "a volume header may not carry pin-value");
+
+    let wrong = env.path("wrong.pin");
+    fs::write(&wrong, "9999\n").unwrap();
+    set_mode(&wrong, 0o600);
+    forge(format!(
+        "{}&pin-source=file:{}",
+        token.recorded_uri("kek", ""),
+        wrong.display()
+    ));
+    assert_exit(&env.xtsfs(&["status", path_str(&backing)]), 0);
+}
+
+/// A wrong PIN at a key check suspends logins to the token (so the checks do not lock the
+/// user PIN for every application) until the PIN file changes; the status says why.
+#[test]
+fn a_wrong_pin_suspends_logins_until_the_pin_file_changes() {
+    let env = TestEnv::new();
+    let token = Token::new(&env, "suspend");
+    token.keypair("kek", "01", "rsa:2048");
+    let mut m = env.initialized(&["--key", &token.uri("kek", "")]);
+    let pin = path_str(&token.pin_file).to_string();
+    m.mount(&[
+        "--key-check-interval",
+        "100ms",
+        "--key-check-timeout",
+        "10s",
+        "--pkcs11-pin-source",
+        &pin,
+    ]);
+    fs::write(m.path("data"), b"behind the token").unwrap();
+
+    fs::write(&token.pin_file, "9999\n").unwrap();
+    let report = wait_for_state(&env, &m.mountpoint, "locked");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut report = report;
+    // Later checks do not log in again: they report the suspension.
+    while !report["live"]["last_check"]["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("the last login (at ")
+    {
+        assert!(Instant::now() < deadline, "{report}");
+        std::thread::sleep(Duration::from_millis(50));
+        report = common::mount::live_state(&env, &m.mountpoint);
+    }
+    let error = report["live"]["last_check"]["error"].as_str().unwrap();
+    assert!(error.contains("are suspended"), "{error}");
+    assert!(error.contains("CKR_PIN_INCORRECT"), "{error}");
+    let output = env.xtsfs(&["status", "--pkcs11-pin-source", &pin, path_str(&m.backing)]);
+    assert_error(&output, 3);
+    assert!(stdout(&output).contains("suspended"), "{}", stdout(&output));
+
+    fs::write(&token.pin_file, format!("{USER_PIN}\n")).unwrap();
+    wait_for_state(&env, &m.mountpoint, "serving");
+    assert_eq!(fs::read(m.path("data")).unwrap(), b"behind the token");
+}
+
 // --- KMS commands -----------------------------------------------------------------------
 
 #[test]
@@ -538,9 +673,11 @@ fn command_provider_meets_the_contract() {
     let env = TestEnv::new();
     let kms = Kms::new(&env, "contract");
     kms.add_version(&env, 1);
+    // Under a key check's deadline, as the key monitor opens it: every run of the
+    // program is capped at the deadline.
     let provider = KeyRef::parse(&kms.key())
         .unwrap()
-        .open(&env.key_context())
+        .open(&checking_context(&env))
         .expect("open the KMS command");
     assert_eq!(provider.describe().unwrap().kind, KeyKind::Command);
     run_provider_contract(provider.as_ref());
@@ -815,7 +952,14 @@ fn a_header_may_only_name_kms_programs_in_trusted_directories() {
 /// file, runs `revoke`, expects EACCES, runs `restore`, and expects the data back.
 fn revoke_while_mounted(env: &TestEnv, key: &str, revoke: impl FnOnce(), restore: impl FnOnce()) {
     let mut m = env.initialized(&["--key", key]);
-    m.mount(&["--key-check-interval", "100ms", "--on-key-loss", "lock"]);
+    m.mount(&[
+        "--key-check-interval",
+        "100ms",
+        "--key-check-timeout",
+        "10s",
+        "--on-key-loss",
+        "lock",
+    ]);
     let mut file = fs::File::create(m.path("acknowledged")).unwrap();
     std::io::Write::write_all(&mut file, b"fsynced before revocation").unwrap();
     file.sync_all().unwrap();

@@ -241,7 +241,7 @@ fn empty_units_are_refused() {
 
 #[test]
 fn invalid_and_too_long_names_and_targets_are_refused() {
-    let names = NameCipher::Encrypted(SecretBytes::from_slice(&[9u8; 64]).unwrap());
+    let names = NameCipher::Encrypted(SecretBytes::from_slice(&[9u8; 64]).unwrap().into());
     for invalid in [&b""[..], b".", b"..", b"a/b", b"a\0b"] {
         assert_eq!(
             names.encrypt_name(OsStr::from_bytes(invalid)),

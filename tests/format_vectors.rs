@@ -216,7 +216,7 @@ fn contents_encryption() {
 #[test]
 fn name_and_symlink_encryption() {
     let mut v = vector("names");
-    let names = NameCipher::Encrypted(SecretBytes::from_slice(&v.hex("names_key")).unwrap());
+    let names = NameCipher::Encrypted(SecretBytes::from_slice(&v.hex("names_key")).unwrap().into());
 
     let name = v.text("name");
     let stored = v.text("stored_name");

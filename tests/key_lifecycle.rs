@@ -37,7 +37,14 @@ fn is_eacces<T: std::fmt::Debug>(result: std::io::Result<T>) -> bool {
 fn pem_volume<'a>(env: &'a TestEnv, policy: &str) -> (common::mount::Mounted<'a>, PathBuf) {
     let key = env.rsa_key("kek.pem", 2048);
     let mut m = env.initialized(&["--key", &format!("pem:{}", key.display())]);
-    m.mount(&["--key-check-interval", "100ms", "--on-key-loss", policy]);
+    m.mount(&[
+        "--key-check-interval",
+        "100ms",
+        "--key-check-timeout",
+        "10s",
+        "--on-key-loss",
+        policy,
+    ]);
     (m, key)
 }
 
@@ -109,6 +116,8 @@ fn alert_policy_keeps_serving_and_refuses_rewrap_until_the_key_returns() {
         path_str(&audit),
         "--key-check-interval",
         "100ms",
+        "--key-check-timeout",
+        "10s",
         "--on-key-loss",
         "alert",
     ]);
@@ -166,6 +175,8 @@ fn online_rewrap_chain_under_load_changes_no_data_byte() {
         path_str(&audit),
         "--key-check-interval",
         "100ms",
+        "--key-check-timeout",
+        "10s",
     ]);
     for i in 0..8 {
         fs::write(
@@ -280,6 +291,8 @@ fn mounted_volume_follows_a_rotated_platform_key() {
         path_str(&audit),
         "--key-check-interval",
         "100ms",
+        "--key-check-timeout",
+        "10s",
     ]);
     fs::write(m.path("f"), b"survives rotation").unwrap();
     assert_success(&env.xtsfs(&["platform-key", "rotate", "default"]), "rotate");
@@ -319,6 +332,8 @@ fn audit_and_daemon_logs_hold_no_key_material() {
         &mnt,
         "--key-check-interval",
         "100ms",
+        "--key-check-timeout",
+        "10s",
         "--log-file",
         path_str(&log),
     ]);

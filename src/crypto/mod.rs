@@ -7,6 +7,7 @@ pub mod xts;
 
 use hkdf::Hkdf;
 use sha2::Sha512;
+use zeroize::Zeroize;
 
 use secret::SecretBytes;
 use xts::Xts256;
@@ -21,6 +22,7 @@ pub const DEK_LEN: usize = 64;
 const INFO_CONTENTS: &[u8] = b"xtsfs v1 contents";
 const INFO_NAMES: &[u8] = b"xtsfs v1 names";
 const INFO_HEADER_MAC: &[u8] = b"xtsfs v1 header mac";
+const INFO_KEY_CHECK: &[u8] = b"xtsfs v1 key check";
 
 #[derive(Debug, thiserror::Error)]
 #[error("the OS random number generator failed: {0}")]
@@ -28,26 +30,46 @@ pub struct RandomError(#[from] getrandom::Error);
 
 /// The volume data key (DEK). Every other key is derived from it with HKDF-SHA512, so
 /// rewrapping it under a new KEK never touches data.
+///
+/// The HKDF pseudorandom key (PRK) is extracted once, when the key is made, into a locked
+/// secret buffer of its own; every derivation expands from it (`Hkdf::from_prk`), so the
+/// DEK never passes through a hash state again. Hash and MAC states are zeroized when
+/// dropped (the `zeroize` features of `hmac`, `sha2` and `digest`).
 #[derive(Clone, Debug)]
-pub struct VolumeKey(SecretBytes<DEK_LEN>);
+pub struct VolumeKey {
+    dek: SecretBytes<DEK_LEN>,
+    prk: SecretBytes<PRK_LEN>,
+}
+
+/// HKDF-SHA512's PRK is one SHA-512 output.
+const PRK_LEN: usize = 64;
 
 impl VolumeKey {
     pub fn generate() -> Result<Self, RandomError> {
-        Ok(VolumeKey(SecretBytes::random()?))
+        Ok(Self::with_dek(SecretBytes::random()?))
     }
 
     /// `None` unless `bytes` is exactly [`DEK_LEN`] long.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        SecretBytes::from_slice(bytes).map(VolumeKey)
+        SecretBytes::from_slice(bytes).map(Self::with_dek)
+    }
+
+    fn with_dek(dek: SecretBytes<DEK_LEN>) -> Self {
+        let mut prk = SecretBytes::<PRK_LEN>::zeroed();
+        let (mut extracted, _) = Hkdf::<Sha512>::extract(None, dek.expose());
+        prk.expose_mut().copy_from_slice(extracted.as_slice());
+        extracted.as_mut_slice().zeroize();
+        VolumeKey { dek, prk }
     }
 
     pub fn expose(&self) -> &[u8; DEK_LEN] {
-        self.0.expose()
+        self.dek.expose()
     }
 
     fn derive<const N: usize>(&self, info: &[&[u8]]) -> SecretBytes<N> {
         let mut okm = SecretBytes::<N>::zeroed();
-        Hkdf::<Sha512>::new(None, self.0.expose())
+        Hkdf::<Sha512>::from_prk(self.prk.expose())
+            .expect("a 64-byte PRK is valid for HKDF-SHA512")
             .expand_multi_info(info, okm.expose_mut())
             .expect("HKDF-SHA512 output of at most 64 bytes is always valid");
         okm
@@ -58,14 +80,22 @@ impl VolumeKey {
         Xts256::new(&self.derive::<64>(&[INFO_CONTENTS, nonce]))
     }
 
-    /// The AES-256-SIV key for file names and symlink targets.
-    pub fn names_key(&self) -> SecretBytes<64> {
-        self.derive(&[INFO_NAMES])
+    /// The AES-256-SIV key for file names and symlink targets, with its cipher.
+    pub fn names_key(&self) -> names::SivKey {
+        names::SivKey::new(self.derive(&[INFO_NAMES]))
     }
 
     /// The HMAC-SHA256 key that authenticates the volume header.
     pub fn header_mac_key(&self) -> SecretBytes<32> {
         self.derive(&[INFO_HEADER_MAC])
+    }
+
+    /// A public value that identifies this DEK without revealing it: an HKDF output under
+    /// a label of its own, so it says nothing about any key xtsfs uses. A mount compares
+    /// it to refuse a header that carries some other DEK, and the host's volume records
+    /// keep it to refuse a substituted header at mount.
+    pub fn check_value(&self) -> [u8; 32] {
+        *self.derive::<32>(&[INFO_KEY_CHECK]).expose()
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use aes_siv::siv::Aes256Siv;
 use aes_siv::KeyInit;
@@ -74,15 +75,44 @@ pub enum BackingEntry {
     Internal,
 }
 
+/// The AES-256-SIV key of a volume and the one cipher instance built from it. The instance
+/// is built once per volume, not per name operation, so the key schedules exist in one
+/// place that is zeroized when the volume's secrets are dropped (aes-siv, cmac and aes
+/// are built with `zeroize`).
+pub struct SivKey {
+    key: SecretBytes<64>,
+    siv: Mutex<Box<Aes256Siv>>,
+}
+
+impl SivKey {
+    pub fn new(key: SecretBytes<64>) -> Self {
+        let siv = Mutex::new(Box::new(Aes256Siv::new(key.expose().into())));
+        SivKey { key, siv }
+    }
+
+    pub fn expose(&self) -> &[u8; 64] {
+        self.key.expose()
+    }
+}
+
+impl From<SecretBytes<64>> for SivKey {
+    fn from(key: SecretBytes<64>) -> Self {
+        SivKey::new(key)
+    }
+}
+
 /// The volume's name scheme.
 pub enum NameCipher {
     Plaintext,
-    Encrypted(SecretBytes<64>),
+    Encrypted(SivKey),
 }
 
 impl NameCipher {
-    fn siv(key: &SecretBytes<64>) -> Aes256Siv {
-        Aes256Siv::new(key.expose().into())
+    /// The volume's one SIV instance, for one operation. SIV's operations take `&mut
+    /// self`; a name is a few hundred bytes at most, so threads queue here only for
+    /// microseconds.
+    fn siv(key: &SivKey) -> MutexGuard<'_, Box<Aes256Siv>> {
+        key.siv.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn is_encrypted(&self) -> bool {
@@ -146,7 +176,7 @@ impl NameCipher {
         }
     }
 
-    fn decode(&self, key: &SecretBytes<64>, encoded: &[u8]) -> Result<OsString, NameError> {
+    fn decode(&self, key: &SivKey, encoded: &[u8]) -> Result<OsString, NameError> {
         let ciphertext = URL_SAFE_NO_PAD
             .decode(encoded)
             .map_err(|_| NameError::Undecryptable)?;
@@ -198,6 +228,7 @@ fn validate_name(name: &[u8]) -> Result<(), NameError> {
     }
     Ok(())
 }
+
 /// Extended attribute namespaces whose attributes xtsfs stores encrypted. Other
 /// namespaces (`system.`) are passed through as the backing file system handles them.
 pub const XATTR_ENCRYPTED_NAMESPACES: [&str; 3] = ["user.", "trusted.", "security."];

@@ -1,10 +1,13 @@
 //! Open file and directory handles.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
+use std::os::unix::ffi::OsStringExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+
+use zeroize::Zeroize;
 
 use fuser::{Errno, FileType};
 
@@ -74,35 +77,111 @@ impl Handle {
             HandleKind::File { .. } => &[],
         }
     }
+
+    fn is_dir(&self) -> bool {
+        matches!(self.kind, HandleKind::Dir { .. })
+    }
 }
 
-#[derive(Default)]
+/// A directory listing holds decrypted names: they are zeroed when the handle goes.
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let HandleKind::Dir { entries } = &mut self.kind {
+            for entry in entries.iter_mut() {
+                std::mem::take(&mut entry.name).into_vec().zeroize();
+            }
+        }
+    }
+}
+
+struct Table {
+    handles: HashMap<u64, Arc<Handle>>,
+    /// Directory handles whose listing was dropped at a lock: they answer EACCES until
+    /// released (the listing is gone; reopening the directory lists it afresh).
+    withdrawn: HashSet<u64>,
+}
+
+/// Every handle table in the process, so that a lock can drop the decrypted listings of
+/// open directory handles ([`drop_all_listings`]). A daemon serves one volume.
+static TABLES: Mutex<Vec<Weak<RwLock<Table>>>> = Mutex::new(Vec::new());
+
 pub struct HandleTable {
-    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    table: Arc<RwLock<Table>>,
     next: AtomicU64,
+}
+
+impl Default for HandleTable {
+    fn default() -> Self {
+        let table = Arc::new(RwLock::new(Table {
+            handles: HashMap::new(),
+            withdrawn: HashSet::new(),
+        }));
+        let mut tables = TABLES.lock().unwrap_or_else(PoisonError::into_inner);
+        tables.retain(|t| t.strong_count() > 0);
+        tables.push(Arc::downgrade(&table));
+        HandleTable {
+            table,
+            next: AtomicU64::new(0),
+        }
+    }
 }
 
 impl HandleTable {
     pub fn insert(&self, handle: Handle) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Ok(mut handles) = self.handles.write() {
-            handles.insert(fh, Arc::new(handle));
+        if let Ok(mut table) = self.table.write() {
+            table.handles.insert(fh, Arc::new(handle));
         }
         fh
     }
 
     pub fn get(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
-        self.handles
-            .read()
-            .map_err(|_| Errno::EIO)?
-            .get(&fh)
-            .cloned()
-            .ok_or(Errno::EBADF)
+        let table = self.table.read().map_err(|_| Errno::EIO)?;
+        if table.withdrawn.contains(&fh) {
+            return Err(Errno::EACCES);
+        }
+        table.handles.get(&fh).cloned().ok_or(Errno::EBADF)
     }
 
     pub fn remove(&self, fh: u64) {
-        if let Ok(mut handles) = self.handles.write() {
-            handles.remove(&fh);
+        if let Ok(mut table) = self.table.write() {
+            table.handles.remove(&fh);
+            table.withdrawn.remove(&fh);
         }
+    }
+}
+
+/// Drops the decrypted listing of every open directory handle in `table` (at a lock). A
+/// readdir in flight finishes with the listing it holds, which is zeroed when it is done.
+fn drop_listings(table: &RwLock<Table>) {
+    let dropped: Vec<Arc<Handle>> = {
+        let mut table = table.write().unwrap_or_else(PoisonError::into_inner);
+        let dirs: Vec<u64> = table
+            .handles
+            .iter()
+            .filter(|(_, h)| h.is_dir())
+            .map(|(fh, _)| *fh)
+            .collect();
+        let mut dropped = Vec::with_capacity(dirs.len());
+        for fh in dirs {
+            dropped.extend(table.handles.remove(&fh));
+            table.withdrawn.insert(fh);
+        }
+        dropped
+    };
+    // Zeroed here, outside the table's lock, unless a readdir still holds one.
+    drop(dropped);
+}
+
+/// Drops the decrypted listings of every handle table in the process.
+pub fn drop_all_listings() {
+    let tables: Vec<Arc<RwLock<Table>>> = TABLES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for table in tables {
+        drop_listings(&table);
     }
 }

@@ -46,12 +46,19 @@ impl Keyring {
     }
 
     /// Stops serving. The DEK is zeroized as soon as in-flight requests drop their
-    /// references to it.
+    /// references to it; every thread's contents buffer is wiped (a thread serving a
+    /// request now wipes its own when done, before serving again), and open directory
+    /// handles drop their decrypted listings.
+    ///
+    /// Buffers and listings are process-wide: a daemon serves one volume, and a lock of
+    /// any volume in a process that serves several wipes them all (they are caches).
     pub fn withdraw(&self) {
         *self
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        super::contents::wipe_thread_buffers();
+        super::handle::drop_all_listings();
     }
 
     pub fn restore(&self, secrets: VolumeSecrets) {

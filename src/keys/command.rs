@@ -109,6 +109,12 @@ impl CommandProvider {
         self
     }
 
+    /// Lowers the per-run time limit to `cap` if it is longer (a key check's deadline).
+    pub fn with_timeout_at_most(mut self, cap: Duration) -> Self {
+        self.timeout = self.timeout.min(cap);
+        self
+    }
+
     fn name(&self) -> String {
         program_name(&self.program)
     }
@@ -148,6 +154,8 @@ impl CommandProvider {
             algorithm: field(reply.algorithm, "algorithm")?,
             key_ref: self.key_ref(),
         };
+        super::validate_key_version(&key.key_version)
+            .map_err(|e| self.protocol(format!("its reply's {e}")))?;
         if let Some(asked) = request.key_version.filter(|v| *v != key.key_version) {
             return Err(self.protocol(format!(
                 "asked for key version '{asked}', it answered for version '{}'",
@@ -339,6 +347,12 @@ impl KeyProvider for CommandProvider {
             Err(e) => return Some(Err(e)),
         }
         let version = protector.key.key_version.as_str();
+        if let Err(e) = super::validate_key_version(version) {
+            return Some(Err(KeyError::UnwrapFailed {
+                key: self.name(),
+                detail: format!("the protector's {e}"),
+            }));
+        }
         Some((|| {
             if protector.wrapped_bytes().is_none() {
                 return Err(KeyError::UnwrapFailed {

@@ -2,6 +2,7 @@
 //! contract suite in tests/key_providers.rs runs against each of them.
 
 pub mod command;
+pub mod host_state;
 pub mod mmk;
 pub mod pem;
 pub mod pkcs11;
@@ -10,6 +11,7 @@ mod secure_file;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::crypto::VolumeKey;
 pub use pkcs11::Pkcs11Uri;
@@ -26,12 +28,25 @@ pub trait KeyProvider: Send + Sync {
     fn unwrap(&self, protector: &Protector) -> Option<Result<VolumeKey, KeyError>>;
 }
 
-/// Where key providers look for things that are not part of a key reference.
+/// Where key providers look for things that are not part of a key reference, and this
+/// host's policy for headers: everything that comes from local configuration or the
+/// command line, never from a backing directory.
 #[derive(Debug, Clone)]
 pub struct KeyContext {
     pub platform_key_dir: PathBuf,
     /// Directories whose KMS programs and PKCS#11 modules a volume header may name.
     pub trusted_key_dirs: Vec<PathBuf>,
+    /// Where this host records the last header it saw of each volume, and suspended
+    /// PKCS#11 logins ([`host_state`]).
+    pub host_state_dir: PathBuf,
+    /// The PIN file for PKCS#11 keys, unless a `--key` given on the command line names
+    /// one. A PIN source recorded in a volume header is never used.
+    pub pkcs11_pin_source: Option<PathBuf>,
+    /// Accept, and record, a header this host did not see written (a volume moved or
+    /// rewrapped on another host). Never applies to the key checks of a running mount.
+    pub accept_header_from_elsewhere: bool,
+    /// Caps the time limit of one run of a KMS command: a key check's deadline.
+    pub call_timeout: Option<Duration>,
 }
 
 impl KeyContext {
@@ -54,8 +69,23 @@ impl KeyContext {
             .collect();
         trusted_key_dirs.extend_from_slice(extra_trusted);
         KeyContext {
+            host_state_dir: Self::default_host_state_dir(&platform_key_dir),
             platform_key_dir,
             trusted_key_dirs,
+            pkcs11_pin_source: None,
+            accept_header_from_elsewhere: false,
+            call_timeout: None,
+        }
+    }
+
+    /// Beside the platform key store: `/var/lib/xtsfs/volume-state` for the default store,
+    /// `PARENT/volume-state` for a store at `PARENT/NAME`.
+    pub fn default_host_state_dir(platform_key_dir: &Path) -> PathBuf {
+        let absolute =
+            std::path::absolute(platform_key_dir).unwrap_or_else(|_| platform_key_dir.into());
+        match absolute.parent() {
+            Some(parent) if parent != Path::new("/") => parent.join("volume-state"),
+            _ => PathBuf::from(host_state::DEFAULT_DIR),
         }
     }
 
@@ -79,11 +109,58 @@ impl KeyContext {
             .iter()
             .filter_map(|dir| dir.canonicalize().ok())
             .any(|trusted| dir.starts_with(trusted));
-        if trusted {
-            Ok(())
-        } else {
-            Err(KeyError::Untrusted(path.into()))
+        if !trusted {
+            return Err(KeyError::Untrusted(path.into()));
         }
+        check_dir_chain(&dir)
+    }
+}
+
+/// As ssh's StrictModes: the directory a trusted program or module is in, and every
+/// directory above it, must belong to root or this user and be writable by nobody else
+/// (a sticky, root-owned directory such as /tmp is allowed above the program's own
+/// directory, which is what sticky means). Otherwise whoever can write one of them can
+/// swap the program for their own.
+pub fn check_dir_chain(dir: &Path) -> Result<(), KeyError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    for (depth, ancestor) in dir.ancestors().enumerate() {
+        let meta = std::fs::metadata(ancestor).map_err(io_error("cannot stat", ancestor))?;
+        if meta.uid() != 0 && meta.uid() != euid {
+            return Err(KeyError::WrongOwner {
+                path: ancestor.into(),
+                owner: meta.uid(),
+                expected: euid,
+            });
+        }
+        let sticky = meta.mode() & libc::S_ISVTX != 0 && meta.uid() == 0;
+        if meta.mode() & 0o022 != 0 && !(sticky && depth > 0) {
+            return Err(KeyError::TooOpen {
+                path: ancestor.into(),
+                mode: meta.mode() & 0o7777,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Key versions are sent to KMS programs, recorded in headers and printed: 1-256
+/// characters of `A-Z a-z 0-9 . _ - : / + = @` (enough for hex ids, fingerprints and
+/// ARNs), nothing that could be a control character, a quote or whitespace.
+pub fn validate_key_version(version: &str) -> Result<(), String> {
+    let ok = !version.is_empty()
+        && version.len() <= 256
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:/+=@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "key version '{}' is not valid: a key version is 1-256 characters of A-Z, a-z, 0-9 and . _ - : / + = @",
+            version.chars().take(64).collect::<String>().escape_default()
+        ))
     }
 }
 
@@ -137,12 +214,30 @@ impl KeyRef {
                         "{text} (write command:PROGRAM or command:PROGRAM#VERSION)"
                     )));
                 }
+                if let Some(version) = version {
+                    validate_key_version(version).map_err(|e| {
+                        KeyError::InvalidRef(format!("{} ({e})", text.escape_default()))
+                    })?;
+                }
                 Ok(KeyRef::Command {
                     program: PathBuf::from(program),
                     version: version.map(str::to_owned),
                 })
             }
             _ => Err(KeyError::InvalidRef(text.into())),
+        }
+    }
+
+    /// A reference read from a volume header, which anyone who can write the backing
+    /// directory controls: a `pkcs11:` URI may not carry a `pin-value`, and any
+    /// `pin-source` in it is dropped: the PIN comes from this host's configuration
+    /// (`--pkcs11-pin-source`) only.
+    pub fn parse_recorded(text: &str) -> Result<Self, KeyError> {
+        match Self::parse(text)? {
+            KeyRef::Pkcs11 { uri } => Ok(KeyRef::Pkcs11 {
+                uri: uri.recorded()?,
+            }),
+            other => Ok(other),
         }
     }
 
@@ -161,9 +256,13 @@ impl KeyRef {
         Ok(match self {
             KeyRef::Mmk { id } => Box::new(mmk::MmkProvider::open(&ctx.platform_key_dir, id)?),
             KeyRef::Pem { path } => Box::new(pem::PemProvider::open(path)?),
-            KeyRef::Pkcs11 { uri } => Box::new(pkcs11::Pkcs11Provider::open(uri)?),
+            KeyRef::Pkcs11 { uri } => Box::new(pkcs11::Pkcs11Provider::open(uri, ctx)?),
             KeyRef::Command { program, version } => {
-                Box::new(command::CommandProvider::open(program, version.as_deref())?)
+                let provider = command::CommandProvider::open(program, version.as_deref())?;
+                Box::new(match ctx.call_timeout {
+                    Some(cap) => provider.with_timeout_at_most(cap),
+                    None => provider,
+                })
             }
         })
     }
@@ -229,6 +328,13 @@ pub enum KeyError {
     UnwrapFailed { key: String, detail: String },
     #[error("access to {key} was denied: {detail}")]
     Denied { key: String, detail: String },
+    #[error("logins to {token} are suspended: {detail}")]
+    LoginSuspended {
+        token: String,
+        detail: String,
+        /// What lifts the suspension.
+        remedy: String,
+    },
     #[error("{key} is unavailable: {detail}")]
     Unavailable { key: String, detail: String },
     #[error("the key failed its wrap/unwrap check: {0}")]
@@ -268,6 +374,7 @@ impl KeyError {
             KeyError::WrongKey { .. } => "pass the key the volume was last wrapped with (xtsfs status shows it)".into(),
             KeyError::UnwrapFailed { .. } => "the header's wrapped key or the key itself is damaged; restore the key or the header from backup".into(),
             KeyError::Denied { .. } => "grant this host decrypt/unwrap permission on the key (for a token: the PIN, and CKA_DECRYPT on the private key), then retry".into(),
+            KeyError::LoginSuspended { remedy, .. } => format!("no PIN is tried again until the operator acts, so that the token's user PIN is not locked for every application: {remedy}"),
             KeyError::Unavailable { .. } => "check that the key service (KMS command, HSM token and its module) is reachable, then retry".into(),
             KeyError::RoundTrip(_) => "the key must allow both wrap (encrypt) and unwrap (decrypt)".into(),
             KeyError::Protocol { program, .. } => format!(

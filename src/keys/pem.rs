@@ -78,6 +78,69 @@ fn describe_pem(text: &str) -> &'static str {
     }
 }
 
+/// RSA-OAEP decryption with SHA-256 and MGF1-SHA-256 and an empty label (RFC 8017,
+/// section 7.1.2), done here rather than by `rsa`'s `Oaep`: rsa 0.9 copies the decoded
+/// block, volume key included, into a vector it frees without zeroizing, so every unwrap
+/// would leave a copy of the DEK in freed heap memory. Every buffer here that holds the
+/// seed or the decoded block is zeroized. The checks do not return early, so that which
+/// one failed does not show in the timing (the RSA operation itself is not constant-time:
+/// docs/SECURITY.md, "RSA timing"); the caller learns only that decryption failed.
+fn oaep_sha256_decrypt(key: &RsaPrivateKey, ciphertext: &[u8]) -> Option<SecretVec> {
+    use zeroize::Zeroizing;
+    const H: usize = 32;
+    let k = key.size();
+    if ciphertext.len() != k || k < 2 * H + 2 {
+        return None;
+    }
+    let c = rsa::BigUint::from_bytes_be(ciphertext);
+    let m = rsa::hazmat::rsa_decrypt_and_check(key, Some(&mut rand_core::OsRng), &c).ok()?;
+    let bytes = Zeroizing::new(m.to_bytes_be());
+    drop(m);
+    if bytes.len() > k {
+        return None;
+    }
+    // EM = 0x00 || maskedSeed || maskedDB, left-padded with zeros to k bytes.
+    let mut em = Zeroizing::new(vec![0u8; k]);
+    em[k - bytes.len()..].copy_from_slice(&bytes);
+    let (y, rest) = em.split_at_mut(1);
+    let (seed, db) = rest.split_at_mut(H);
+    mgf1_xor(seed, db);
+    mgf1_xor(db, seed);
+    let label_hash = <::sha2::Sha256 as ::sha2::Digest>::digest([]);
+    let mut bad = y[0] != 0;
+    bad |= db[..H] != label_hash[..];
+    // DB = lHash || PS (zeros) || 0x01 || M: the first non-zero byte after lHash.
+    let mut start = 0usize;
+    let mut found = false;
+    for (i, byte) in db.iter().enumerate().skip(H) {
+        let first_one = !found && *byte == 1;
+        bad |= !found && *byte != 0 && *byte != 1;
+        if first_one {
+            start = i + 1;
+        }
+        found |= *byte != 0;
+    }
+    if bad || !found {
+        return None;
+    }
+    Some(SecretVec::new(db[start..].to_vec()))
+}
+
+/// `out ^= MGF1-SHA-256(seed, out.len())`.
+fn mgf1_xor(out: &mut [u8], seed: &[u8]) {
+    for (counter, chunk) in out.chunks_mut(32).enumerate() {
+        use ::sha2::Digest as _;
+        // sha2 0.11, whose state is zeroized on drop (rsa's sha2 0.10 is not).
+        let mut digest = ::sha2::Sha256::new();
+        digest.update(seed);
+        digest.update((counter as u32).to_be_bytes());
+        let mask = zeroize::Zeroizing::new(<[u8; 32]>::from(digest.finalize()));
+        for (byte, m) in chunk.iter_mut().zip(mask.iter()) {
+            *byte ^= m;
+        }
+    }
+}
+
 /// `sha256:` + hex SHA-256 of the DER SubjectPublicKeyInfo.
 pub fn spki_fingerprint(key: &RsaPublicKey) -> Result<String, KeyError> {
     let der = key
@@ -134,11 +197,8 @@ impl KeyProvider for PemProvider {
                     key: key.clone(),
                     detail: "the wrapped key is not valid base64".into(),
                 })?;
-            let plain: SecretVec = self
-                .key
-                .decrypt(Oaep::new::<Sha256>(), &wrapped)
-                .map(SecretVec::new)
-                .map_err(|_| KeyError::UnwrapFailed {
+            let plain =
+                oaep_sha256_decrypt(&self.key, &wrapped).ok_or_else(|| KeyError::UnwrapFailed {
                     key: key.clone(),
                     detail: "RSA-OAEP decryption failed (the wrapped key is damaged)".into(),
                 })?;

@@ -28,9 +28,10 @@ use cryptoki::slot::{Slot, TokenInfo};
 use cryptoki::types::RawAuthPin;
 
 use super::command::check_trusted_file;
+use super::host_state::{self, FileStamp, HostState, Suspension};
 use super::pem::SUPPORTED_BITS;
 use super::secure_file::read_private;
-use super::{KeyDescription, KeyError, KeyKind, KeyProvider, Protector};
+use super::{KeyContext, KeyDescription, KeyError, KeyKind, KeyProvider, Protector};
 use crate::crypto::secret::SecretVec;
 use crate::crypto::{VolumeKey, DEK_LEN};
 
@@ -161,9 +162,29 @@ impl Pkcs11Uri {
         })
     }
 
-    /// The URI as given, minus any `pin-value`: what the volume header records.
+    /// The URI as given, minus any `pin-value` and `pin-source`: what the volume header
+    /// records. The PIN never comes from a header (see [`Pkcs11Uri::recorded`]).
     pub fn key_ref(&self) -> String {
-        without_pin_value(&self.text)
+        without_query(&self.text, &["pin-value", "pin-source"])
+    }
+
+    /// This URI as read from a volume header, which whoever can write the backing
+    /// directory controls: a `pin-value` is refused, and a `pin-source` is dropped (it
+    /// could name any root-owned file, and a wrong PIN at every key check would lock the
+    /// token's user PIN for every application). The PIN comes from this host's
+    /// configuration (`--pkcs11-pin-source`) instead.
+    pub fn recorded(&self) -> Result<Pkcs11Uri, KeyError> {
+        if matches!(self.pin, Some(PinSource::Value(_))) {
+            return Err(KeyError::InvalidRef(format!(
+                "{} (a volume header may not carry pin-value; give the PIN with --pkcs11-pin-source FILE or XTSFS_PKCS11_PIN_SOURCE)",
+                self.key_ref()
+            )));
+        }
+        Ok(Pkcs11Uri {
+            text: self.key_ref(),
+            pin: None,
+            ..self.clone()
+        })
     }
 
     /// `token/label`, the key id protectors record.
@@ -250,12 +271,17 @@ fn pin_file(source: &str) -> Result<PathBuf, String> {
 }
 
 fn without_pin_value(text: &str) -> String {
+    without_query(text, &["pin-value"])
+}
+
+/// `text` without the query attributes named in `dropped`.
+fn without_query(text: &str, dropped: &[&str]) -> String {
     let Some((base, query)) = text.split_once('?') else {
         return text.into();
     };
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|a| a.split_once('=').map_or(*a, |(name, _)| name) != "pin-value")
+        .filter(|a| !dropped.contains(&a.split_once('=').map_or(*a, |(name, _)| name)))
         .collect();
     if kept.iter().all(|a| a.is_empty()) {
         base.into()
@@ -389,8 +415,10 @@ pub struct Pkcs11Provider {
 }
 
 impl Pkcs11Provider {
-    /// Loads the module, finds the token and logs in; no key is used yet.
-    pub fn open(uri: &Pkcs11Uri) -> Result<Self, KeyError> {
+    /// Loads the module, finds the token and logs in; no key is used yet. The PIN comes
+    /// from the URI if the user gave it one on the command line, else from
+    /// `ctx.pkcs11_pin_source`.
+    pub fn open(uri: &Pkcs11Uri, ctx: &KeyContext) -> Result<Self, KeyError> {
         let module = ModuleLease::acquire(&uri.module_path)?;
         let token = format!("PKCS#11 token '{}'", uri.token.label);
         let (slot, info) =
@@ -402,7 +430,17 @@ impl Pkcs11Provider {
             .pkcs11
             .open_ro_session(slot)
             .map_err(|e| token_error(&token, "cannot open a session", &e))?;
-        login(&session, uri, &info, &token)?;
+        let pin = uri.pin.clone().or_else(|| {
+            ctx.pkcs11_pin_source
+                .as_ref()
+                .map(|path| PinSource::File(path.clone()))
+        });
+        let identity = TokenIdentity {
+            module: module.path.clone(),
+            token: format!("{}/{}", info.label(), info.serial_number()),
+            name: token.clone(),
+        };
+        login(&session, pin.as_ref(), &info, &identity, ctx)?;
         Ok(Pkcs11Provider {
             uri: uri.clone(),
             session: Mutex::new(session),
@@ -645,14 +683,75 @@ fn find_token(pkcs11: &Pkcs11, wanted: &TokenSelector) -> Result<(Slot, TokenInf
     })
 }
 
+/// Which token a login goes to, for suspensions.
+struct TokenIdentity {
+    module: PathBuf,
+    /// Label and serial number.
+    token: String,
+    /// For messages.
+    name: String,
+}
+
 fn login(
     session: &Session,
-    uri: &Pkcs11Uri,
+    pin: Option<&PinSource>,
     info: &TokenInfo,
-    token: &str,
+    identity: &TokenIdentity,
+    ctx: &KeyContext,
 ) -> Result<(), KeyError> {
-    let pin = match &uri.pin {
-        Some(PinSource::File(path)) => {
+    let token = identity.name.as_str();
+    let pin_file = match pin {
+        Some(PinSource::File(path)) => Some(path.as_path()),
+        _ => None,
+    };
+    let (pin, state) = match pin {
+        None if info.login_required() => {
+            return Err(KeyError::Denied {
+                key: token.into(),
+                detail: "the token requires a PIN: give --pkcs11-pin-source FILE (or \
+                         XTSFS_PKCS11_PIN_SOURCE), or pin-source=file:/PATH in a --key given on \
+                         the command line (a PIN source recorded in a volume header is not used)"
+                    .into(),
+            })
+        }
+        None => return Ok(()),
+        Some(source) => {
+            let state = HostState::open(&ctx.host_state_dir, true)?
+                .expect("the host state directory was just created");
+            check_suspension(&state, identity, pin_file)?;
+            (read_pin(source)?, state)
+        }
+    };
+    match session.login_with_raw(UserType::User, &pin) {
+        // Logins are per token, not per session: another provider in this process did it.
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(
+            e
+            @ CkError::Pkcs11(RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired, _),
+        ) => {
+            let suspension = Suspension {
+                token: identity.token.clone(),
+                module: identity.module.clone(),
+                reason: ck_error(&e),
+                at: host_state::now(),
+                pin_file: pin_file.map(Path::to_path_buf),
+                pin_file_stamp: pin_file.and_then(FileStamp::of),
+            };
+            let marker = state.suspend(&suspension)?;
+            tracing::error!(token, reason = %suspension.reason, "PKCS#11 login refused; no more logins to this token until the operator acts");
+            Err(KeyError::LoginSuspended {
+                token: token.into(),
+                detail: format!("the login just failed with {}", suspension.reason),
+                remedy: remedy(pin_file, &marker),
+            })
+        }
+        Err(e) => Err(token_error(token, "login failed", &e)),
+    }
+}
+
+fn read_pin(source: &PinSource) -> Result<RawAuthPin, KeyError> {
+    Ok(match source {
+        PinSource::File(path) => {
             let mut bytes = read_private(path, MAX_PIN_FILE_LEN)?;
             // A PIN file written with `echo` ends in a newline that is not part of the PIN.
             while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
@@ -660,20 +759,59 @@ fn login(
             }
             RawAuthPin::new(Box::new(std::mem::take(&mut *bytes)))
         }
-        Some(PinSource::Value(value)) => RawAuthPin::new(Box::new(value.clone().into_bytes())),
-        None if info.login_required() => {
-            return Err(KeyError::Denied {
-                key: token.into(),
-                detail: "the token requires a PIN: add pin-source=file:/PATH to the key reference"
-                    .into(),
-            })
-        }
-        None => return Ok(()),
+        PinSource::Value(value) => RawAuthPin::new(Box::new(value.clone().into_bytes())),
+    })
+}
+
+/// Refuses to log in while a suspension stands, whatever PIN source this process has. A
+/// suspension recorded with a PIN file is lifted by any change to that file: fixing the
+/// PIN is the operator's act.
+fn check_suspension(
+    state: &HostState,
+    identity: &TokenIdentity,
+    pin_file: Option<&Path>,
+) -> Result<(), KeyError> {
+    let Some((suspension, marker)) = state.suspension(&identity.module, &identity.token)? else {
+        return Ok(());
     };
-    match session.login_with_raw(UserType::User, &pin) {
-        // Logins are per token, not per session: another provider in this process did it.
-        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-        Err(e) => Err(token_error(token, "login failed", &e)),
+    // Only a change to the PIN file that failed counts: another process on this host
+    // with another PIN source must not try its PIN and lift the suspension for all.
+    let changed = match (&suspension.pin_file, &suspension.pin_file_stamp, pin_file) {
+        (Some(then), Some(stamp), Some(now)) if then == now => {
+            FileStamp::of(now).as_ref() != Some(stamp)
+        }
+        _ => false,
+    };
+    if changed {
+        tracing::warn!(token = %identity.name, "the PIN file changed since logins were suspended; trying the PIN again");
+        return state.lift(&marker);
+    }
+    Err(KeyError::LoginSuspended {
+        token: identity.name.clone(),
+        detail: format!(
+            "the last login{} failed with {}",
+            if suspension.at.is_empty() {
+                String::new()
+            } else {
+                format!(" (at {})", suspension.at)
+            },
+            suspension.reason
+        ),
+        remedy: remedy(suspension.pin_file.as_deref(), &marker),
+    })
+}
+
+fn remedy(pin_file: Option<&Path>, marker: &Path) -> String {
+    match pin_file {
+        Some(file) => format!(
+            "put the right PIN in '{}' (any change to that file lifts the suspension; unlock the PIN on the token first if it is locked), or remove '{}'",
+            file.display(),
+            marker.display()
+        ),
+        None => format!(
+            "fix the PIN, then remove '{}'",
+            marker.display()
+        ),
     }
 }
 

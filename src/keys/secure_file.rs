@@ -61,9 +61,18 @@ pub(crate) fn read_private(path: &Path, limit: u64) -> Result<SecretVec, KeyErro
         )));
     }
     check_private(path, &meta)?;
-    let mut contents = SecretVec::default();
+    // Sized up front for the largest file accepted, so reading never reallocates and
+    // leaves a copy of the key in freed memory.
+    let capacity = usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1);
+    let mut contents = SecretVec::new(Vec::with_capacity(capacity));
     file.take(limit + 1)
         .read_to_end(&mut contents)
         .map_err(io_error("cannot read key file", path))?;
+    debug_assert!(
+        contents.capacity() == capacity,
+        "the key file buffer was reallocated"
+    );
     Ok(contents)
 }

@@ -11,11 +11,15 @@ use std::fs::{self, DirBuilder, File};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::crypto::{random_array, VolumeKey, DATA_UNIT};
 use crate::error::Error;
+use crate::keys::host_state::{self, HeaderSeen, HostState, VolumeRecord};
 use crate::keys::mmk::PlatformKeyStore;
-use crate::keys::{wrap_checked, KeyContext, KeyError, KeyProvider, KeyRef, Protector};
+use crate::keys::{
+    validate_key_version, wrap_checked, KeyContext, KeyError, KeyProvider, KeyRef, Protector,
+};
 use header::{HeaderBody, VolumeFormat};
 
 pub const HEADER_FILE: &str = "xtsfs.header";
@@ -24,6 +28,12 @@ const HEADER_TMP: &str = "xtsfs.header.tmp";
 const HEADER_LOCK: &str = "xtsfs.lock";
 pub const TREE_DIR: &str = "tree";
 const MAX_HEADER_FILE: u64 = 80 * 1024;
+/// How long a header update waits for another one (a rewrap, a mount's auto-rotation)
+/// before giving up; a lock held longer than this is not another xtsfs at work.
+const HEADER_LOCK_WAIT: Duration = Duration::from_secs(5);
+/// Flags for every file xtsfs opens in a backing directory: never follow a planted
+/// symlink, never block on a planted FIFO or device.
+const BACKING_FILE_FLAGS: i32 = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
 
 /// A volume whose data key is unwrapped and whose header is authenticated.
 pub struct UnlockedVolume {
@@ -71,6 +81,7 @@ pub fn init(
     };
     create_layout(backing, 0o755)?;
     write_header(backing, &body.encode(&dek))?;
+    record_header(ctx, &body, &dek)?;
     Ok(body)
 }
 
@@ -79,12 +90,19 @@ pub fn read_header(backing: &Path) -> Result<(HeaderBody, Vec<u8>), Error> {
     let path = backing.join(HEADER_FILE);
     let file = File::options()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(BACKING_FILE_FLAGS)
         .open(&path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NotAVolume(backing.into()),
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => Error::NotAVolume(backing.into()),
+            Some(libc::ELOOP) => not_regular(&path, "a symlink"),
             _ => Error::io("cannot open volume header", &path)(e),
         })?;
+    let meta = file
+        .metadata()
+        .map_err(Error::io("cannot stat volume header", &path))?;
+    if !meta.is_file() {
+        return Err(not_regular(&path, file_kind(&meta)));
+    }
     let mut bytes = Vec::new();
     file.take(MAX_HEADER_FILE)
         .read_to_end(&mut bytes)
@@ -107,11 +125,15 @@ pub fn provider_for(
     let key = match key {
         Some(key) => key,
         None => {
-            recorded = KeyRef::parse(&protector.key.key_ref)?;
+            recorded = KeyRef::parse_recorded(&protector.key.key_ref)?;
             ctx.check_trusted(&recorded)?;
             &recorded
         }
     };
+    validate_key_version(&protector.key.key_version).map_err(|e| Error::Header {
+        path: PathBuf::from(HEADER_FILE),
+        source: header::HeaderError::Body(format!("the protector's {e}")),
+    })?;
     Ok(key.open(ctx)?)
 }
 
@@ -157,6 +179,7 @@ pub fn unlock(
         &bytes,
         &backing.join(HEADER_FILE),
     )?;
+    check_host_record(ctx, &header, &dek, RecordUse::Open)?;
     Ok(UnlockedVolume {
         backing: backing.into(),
         header,
@@ -176,13 +199,14 @@ pub fn rewrap(
     let provider = open_for_wrapping(new_key, ctx)?;
     let protector = wrap_checked(provider.as_ref(), &volume.dek)?;
     let new = volume.header.with_protector(protector);
-    write_header(backing, &new.encode(&volume.dek))?;
+    commit_header(ctx, backing, &new, &volume.dek)?;
     Ok((volume.header, new))
 }
 
 /// Swaps in `new` as the header's protector, unless the header no longer holds
 /// `expected` (someone rewrapped meanwhile). Returns the new header if it was written.
 pub fn replace_protector(
+    ctx: &KeyContext,
     backing: &Path,
     dek: &VolumeKey,
     expected: &Protector,
@@ -194,8 +218,146 @@ pub fn replace_protector(
         return Ok(None);
     }
     let body = current.with_protector(new);
-    write_header(backing, &body.encode(dek))?;
+    commit_header(ctx, backing, &body, dek)?;
     Ok(Some(body))
+}
+
+/// Writes a new header of a volume whose record this host holds: the record first names
+/// the new header as pending, then the header is replaced, then the record makes it
+/// current. A key check that reads the header in between accepts either, and a crash
+/// leaves a pending entry that the next mount settles.
+pub fn commit_header(
+    ctx: &KeyContext,
+    backing: &Path,
+    new: &HeaderBody,
+    dek: &VolumeKey,
+) -> Result<(), Error> {
+    let state = host_state(ctx)?;
+    let seen = HeaderSeen::new(new.epoch, &new.protector);
+    state.locked(|state| {
+        let Some(mut record) = state.read_record(&new.volume_id)? else {
+            return Ok(());
+        };
+        record.pending = Some(seen.clone());
+        record.updated_at = host_state::now();
+        state.write_record(&record)
+    })?;
+    write_header(backing, &new.encode(dek))?;
+    record_header(ctx, new, dek)
+}
+
+/// Makes `header` the one this host last saw of its volume.
+pub fn record_header(ctx: &KeyContext, header: &HeaderBody, dek: &VolumeKey) -> Result<(), Error> {
+    let state = host_state(ctx)?;
+    let record = VolumeRecord {
+        volume_id: header.volume_id.clone(),
+        key_check: host_state::hex(&dek.check_value()),
+        current: HeaderSeen::new(header.epoch, &header.protector),
+        pending: None,
+        updated_at: host_state::now(),
+    };
+    Ok(state.locked(|state| state.write_record(&record))?)
+}
+
+fn host_state(ctx: &KeyContext) -> Result<HostState, Error> {
+    Ok(HostState::open(&ctx.host_state_dir, true)?
+        .expect("the host state directory was just created"))
+}
+
+/// Who checks a header against the host's record, which decides what may be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordUse {
+    /// mount, rewrap: a first sight is recorded, and `accept_header_from_elsewhere` lets
+    /// a foreign header in.
+    Open,
+    /// The key monitor of a running mount: it never accepts a header from elsewhere.
+    Monitor,
+    /// `xtsfs status`: reads only.
+    Status,
+}
+
+/// How a header compares with the host's record of its volume.
+#[derive(Debug)]
+enum Verdict {
+    /// It is the header the record names (or the one a writer on this host has pending).
+    Known {
+        pending: bool,
+    },
+    /// This host has no record of the volume, or recorded it in format 1 and the same
+    /// protector now comes with an epoch (`xtsfs upgrade`).
+    New,
+    Refused(String),
+}
+
+fn judge(record: &VolumeRecord, header: &HeaderBody, key_check: &str) -> Verdict {
+    let found = HeaderSeen::new(header.epoch, &header.protector);
+    if record.key_check != key_check {
+        return Verdict::Refused(
+            "the header carries another volume key than the one this host has seen for this volume: it was replaced by a header made for other data".into(),
+        );
+    }
+    if found == record.current {
+        return Verdict::Known { pending: false };
+    }
+    if record.pending.as_ref() == Some(&found) {
+        return Verdict::Known { pending: true };
+    }
+    let seen = &record.current;
+    match (seen.epoch, found.epoch) {
+        (None, Some(_)) if seen.protector_digest == found.protector_digest => Verdict::New,
+        (Some(last), Some(now)) if now < last => Verdict::Refused(format!(
+            "header rollback: its epoch is {now}, but this host last saw epoch {last} ({}); an older copy of xtsfs.header was put back, which would undo a rewrap or a key revocation",
+            seen.describe()
+        )),
+        (Some(last), None) => Verdict::Refused(format!(
+            "header rollback: it is a format 1 header without an epoch, but this host last saw the volume in format 2 at epoch {last} ({}); an older copy of xtsfs.header was put back",
+            seen.describe()
+        )),
+        _ => Verdict::Refused(format!(
+            "the header changed without a rewrap on this host: it now has {}, and this host last saw {}",
+            found.describe(),
+            seen.describe()
+        )),
+    }
+}
+
+/// Checks an authenticated header against what this host last saw of its volume
+/// ([`host_state`]): refuses an older epoch, and a protector that changed without a
+/// rewrap on this host.
+pub fn check_host_record(
+    ctx: &KeyContext,
+    header: &HeaderBody,
+    dek: &VolumeKey,
+    usage: RecordUse,
+) -> Result<(), Error> {
+    host_state::validate_volume_id(&header.volume_id)?;
+    let Some(state) = HostState::open(&ctx.host_state_dir, usage != RecordUse::Status)? else {
+        return Ok(());
+    };
+    let key_check = host_state::hex(&dek.check_value());
+    let verdict = match state.read_record(&header.volume_id)? {
+        None => Verdict::New,
+        Some(record) => judge(&record, header, &key_check),
+    };
+    match (verdict, usage) {
+        (Verdict::Known { pending: false }, _) => Ok(()),
+        (Verdict::Known { pending: true } | Verdict::New, RecordUse::Status) => Ok(()),
+        (Verdict::Known { pending: true } | Verdict::New, _) => record_header(ctx, header, dek),
+        (Verdict::Refused(detail), RecordUse::Open) if ctx.accept_header_from_elsewhere => {
+            tracing::warn!(volume_id = %header.volume_id, "accepting a header from elsewhere as asked: {detail}");
+            record_header(ctx, header, dek)
+        }
+        (Verdict::Refused(detail), RecordUse::Status) if ctx.accept_header_from_elsewhere => {
+            tracing::warn!(volume_id = %header.volume_id, "{detail}");
+            Ok(())
+        }
+        (Verdict::Refused(detail), usage) => Err(Error::HeaderRefused {
+            volume_id: header.volume_id.clone(),
+            detail,
+            running: usage == RecordUse::Monitor,
+            record: state.dir().join(format!("{}.json", header.volume_id)),
+        }),
+    }
 }
 
 /// An exclusive lock on the volume's header for a read-modify-write of it.
@@ -205,24 +367,77 @@ pub struct HeaderLock {
 }
 
 impl HeaderLock {
+    /// Takes the lock without ever blocking: a few seconds of retries, then an error.
+    /// `xtsfs.lock` must be a regular file (not a FIFO or a symlink someone planted).
     pub fn acquire(backing: &Path) -> Result<Self, Error> {
         use std::os::fd::AsRawFd;
         let path = backing.join(HEADER_LOCK);
         let file = File::options()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(BACKING_FILE_FLAGS)
             .open(&path)
-            .map_err(Error::io("cannot open header lock", &path))?;
-        // SAFETY: valid fd; blocks until other header writers are done.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::io("cannot lock", &path)(
-                std::io::Error::last_os_error(),
-            ));
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => not_regular(&path, "a symlink"),
+                Some(libc::ENXIO) => not_regular(&path, "a FIFO"),
+                _ => Error::io("cannot open header lock", &path)(e),
+            })?;
+        let meta = file
+            .metadata()
+            .map_err(Error::io("cannot stat header lock", &path))?;
+        if !meta.is_file() {
+            return Err(not_regular(&path, file_kind(&meta)));
         }
-        Ok(HeaderLock { _file: file })
+        let deadline = Instant::now() + HEADER_LOCK_WAIT;
+        loop {
+            // SAFETY: a valid fd; LOCK_NB never blocks.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(HeaderLock { _file: file });
+            }
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(Error::io("cannot lock", &path)(error));
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Mount(format!(
+                    "another process has held '{}' for {} s: another rewrap or a mount's key rotation is still running, or something else holds the lock (see fuser -v '{}'); retry later",
+                    path.display(),
+                    HEADER_LOCK_WAIT.as_secs(),
+                    path.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn not_regular(path: &Path, what: &str) -> Error {
+    Error::Header {
+        path: path.into(),
+        source: header::HeaderError::Body(format!(
+            "it is {what}, not a regular file: something other than xtsfs put it there; restore the volume's files from a backup"
+        )),
+    }
+}
+
+fn file_kind(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else if kind.is_symlink() {
+        "a symlink"
+    } else {
+        "not a regular file"
     }
 }
 
@@ -243,19 +458,28 @@ pub fn open_for_wrapping(key: &KeyRef, ctx: &KeyContext) -> Result<Box<dyn KeyPr
 pub fn write_header(backing: &Path, bytes: &[u8]) -> Result<(), Error> {
     let tmp = backing.join(HEADER_TMP);
     let path = backing.join(HEADER_FILE);
+    // Whatever is at the temporary name (a FIFO, a symlink) is removed, never opened.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::io("cannot remove", &tmp)(e))
+        }
+        _ => {}
+    }
     let mut file = File::options()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(BACKING_FILE_FLAGS)
         .open(&tmp)
         .map_err(Error::io("cannot write volume header", &tmp))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(Error::io("cannot write volume header", &tmp))?;
     fs::rename(&tmp, &path).map_err(Error::io("cannot replace volume header", &path))?;
-    File::open(backing)
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | BACKING_FILE_FLAGS)
+        .open(backing)
         .and_then(|dir| dir.sync_all())
         .map_err(Error::io("cannot sync backing directory", backing))
 }

@@ -13,11 +13,15 @@ mod v1;
 mod v2;
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
 use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use zeroize::Zeroize;
 
 use crate::crypto::xts::Xts256;
 use crate::crypto::DATA_UNIT;
@@ -227,21 +231,98 @@ pub fn start_file<F: BackingFile + ?Sized>(file: &F, header: &FileHeader) -> io:
     Ok(())
 }
 
+/// What a thread buffer is sized for up front: the largest request the mount accepts
+/// (1 MiB) plus the partial units or blocks at either end, so it never reallocates and
+/// leaves a copy of decrypted data in freed memory.
+const THREAD_BUFFER_CAPACITY: usize = (1 << 20) + 4 * DATA_UNIT;
+
+/// One thread's buffer. It sits in a process-wide registry, so that a lock can wipe the
+/// buffers of every thread, including threads idle in the kernel waiting for requests.
+struct ThreadBuffer {
+    bytes: Mutex<Vec<u8>>,
+    /// Set by [`wipe_thread_buffers`] when the buffer was in use: its thread wipes it as
+    /// soon as the request in flight is done with it, before serving another.
+    wipe: AtomicBool,
+}
+
+static THREAD_BUFFERS: Mutex<Vec<Weak<ThreadBuffer>>> = Mutex::new(Vec::new());
+
 thread_local! {
-    static THREAD_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static THREAD_BUFFER: RefCell<Option<Arc<ThreadBuffer>>> = const { RefCell::new(None) };
+}
+
+fn this_thread_buffer() -> Arc<ThreadBuffer> {
+    THREAD_BUFFER.with(|cell| {
+        cell.borrow_mut()
+            .get_or_insert_with(|| {
+                let buffer = Arc::new(ThreadBuffer {
+                    bytes: Mutex::new(Vec::new()),
+                    wipe: AtomicBool::new(false),
+                });
+                let mut all = THREAD_BUFFERS
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                all.retain(|b| b.strong_count() > 0);
+                all.push(Arc::downgrade(&buffer));
+                buffer
+            })
+            .clone()
+    })
+}
+
+/// Zeroes a buffer's whole allocation, then frees it.
+fn wipe(bytes: &mut Vec<u8>) {
+    bytes.zeroize();
+    *bytes = Vec::new();
 }
 
 /// Runs `f` over this thread's buffer for a run of units, which holds an earlier request's
 /// bytes. A FUSE thread serves one read or write at a time, so one buffer per thread
 /// serves both, and a 1 MiB request does not allocate and page-fault in a fresh one.
 pub fn with_thread_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-    THREAD_BUFFER.with(|cell| {
-        // Taken out, not borrowed: a nested call gets an empty buffer instead of a panic.
-        let mut buf = cell.take();
-        let result = f(&mut buf);
-        cell.replace(buf);
-        result
-    })
+    let buffer = this_thread_buffer();
+    // A nested call (the buffer is this thread's and already held) gets a buffer of its
+    // own, wiped when done, instead of a deadlock.
+    let Ok(mut bytes) = buffer.bytes.try_lock() else {
+        let mut own = Vec::new();
+        let result = f(&mut own);
+        wipe(&mut own);
+        return result;
+    };
+    if buffer.wipe.swap(false, Ordering::SeqCst) {
+        wipe(&mut bytes);
+    }
+    if bytes.capacity() < THREAD_BUFFER_CAPACITY {
+        wipe(&mut bytes);
+        bytes.reserve_exact(THREAD_BUFFER_CAPACITY);
+    }
+    let result = f(&mut bytes);
+    drop(bytes);
+    // A wipe asked for while the request held the buffer happens now, before the thread
+    // goes back to wait for requests (a wipe that found the buffer free did it itself).
+    if buffer.wipe.load(Ordering::SeqCst) {
+        if let Ok(mut bytes) = buffer.bytes.try_lock() {
+            wipe(&mut bytes);
+            buffer.wipe.store(false, Ordering::SeqCst);
+        }
+    }
+    result
+}
+
+/// Wipes every thread's buffer (at a lock, when the keys are withdrawn): each buffer not in
+/// use now is zeroed and freed at once; one in use by a request in flight is wiped by its
+/// thread as soon as that request is done with it, before the thread serves again.
+pub fn wipe_thread_buffers() {
+    let all = THREAD_BUFFERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    for buffer in all.iter().filter_map(Weak::upgrade) {
+        buffer.wipe.store(true, Ordering::SeqCst);
+        if let Ok(mut bytes) = buffer.bytes.try_lock() {
+            wipe(&mut bytes);
+            buffer.wipe.store(false, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Reads until `buf` is full; bytes past the backing end stay zero (a concurrent shrink
