@@ -611,32 +611,30 @@ fn many_files() {
 
     let started = Instant::now();
     let per_dir = 1000;
-    let mut bytes = 0;
-    for d in 0..count.div_ceil(per_dir) {
-        let dir = tree.join(encrypted(&names, &format!("dir{d:03}")));
-        fs::create_dir(&dir).unwrap();
-        for i in d * per_dir..count.min((d + 1) * per_dir) {
-            let path = dir.join(encrypted(&names, &format!("file{i:06}")));
-            let file = File::create(&path).unwrap();
-            // Most files are small; every tenth is empty without a header.
-            if i % 10 == 0 {
-                continue;
-            }
-            let header = FileHeader::generate(FileFormat::V2).unwrap();
-            file.write_all_at(&header.encode()[..32], 0).unwrap();
-            file.set_len(FileFormat::V2.backing_len(0)).unwrap();
-            let cipher = volume.dek.file_cipher(&header.nonce);
-            let data = format!("file {i}\n");
-            Contents {
-                file: &file,
-                cipher: &cipher,
-                format: FileFormat::V2,
-            }
-            .write(0, data.as_bytes(), 0)
-            .unwrap();
-            bytes += data.len() as u64;
-        }
-    }
+    let dirs = count.div_ceil(per_dir);
+    let threads = 4;
+    // Every tenth file is empty without a header, every tenth has data, the rest have a
+    // header and no data (what fsck reads of a file is the same: its header and length).
+    let bytes: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (names, volume, tree) = (&names, &volume, &tree);
+                s.spawn(move || {
+                    let mut bytes = 0;
+                    for d in (t..dirs).step_by(threads) {
+                        let dir = tree.join(encrypted(names, &format!("dir{d:03}")));
+                        fs::create_dir(&dir).unwrap();
+                        for i in d * per_dir..count.min((d + 1) * per_dir) {
+                            let path = dir.join(encrypted(names, &format!("file{i:06}")));
+                            bytes += write_file(&path, volume, i);
+                        }
+                    }
+                    bytes
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
     eprintln!(
         "many_files: {count} files written with the library in {:.1?}",
         started.elapsed()
@@ -660,9 +658,35 @@ fn many_files() {
 
     // The mount reads what the library wrote.
     m.mount(&[]);
-    let name = format!("dir{:03}/file{:06}", 0, 1);
-    assert_eq!(fs::read(m.path(&name)).unwrap(), b"file 1\n");
+    let name = format!("dir{:03}/file{:06}", 0, 9);
+    assert_eq!(fs::read(m.path(&name)).unwrap(), b"file 9\n");
+    assert_eq!(fs::read(m.path("dir000/file000001")).unwrap(), b"");
     m.unmount_settled();
+}
+
+/// Backing file number `i` of `many_files`, written with the library; its plaintext
+/// length.
+fn write_file(path: &Path, volume: &xtsfs::volume::UnlockedVolume, i: usize) -> u64 {
+    let file = File::create(path).unwrap();
+    if i.is_multiple_of(10) {
+        return 0;
+    }
+    let header = FileHeader::generate(FileFormat::V2).unwrap();
+    file.write_all_at(&header.encode()[..32], 0).unwrap();
+    file.set_len(FileFormat::V2.backing_len(0)).unwrap();
+    if i % 10 != 9 {
+        return 0;
+    }
+    let cipher = volume.dek.file_cipher(&header.nonce);
+    let data = format!("file {i}\n");
+    Contents {
+        file: &file,
+        cipher: &cipher,
+        format: FileFormat::V2,
+    }
+    .write(0, data.as_bytes(), 0)
+    .unwrap();
+    data.len() as u64
 }
 
 fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
@@ -700,7 +724,8 @@ fn base64_url_matches_xtsfs_long_names() {
             "09a2836c7b1d664f0c8e56a70056c1342781dc3edd17b241018c7f80946a48c3\
              d3cf251bdd16ed4e7da2151e8052dfc9d33db4958867abdc20082459d58f233c",
         ))
-        .unwrap(),
+        .unwrap()
+        .into(),
     );
     let BackingName::Long { entry, encoded, .. } =
         names.encrypt_name(OsStr::new(&"x".repeat(200))).unwrap()

@@ -394,10 +394,7 @@ pub fn fsck(
         Err(e) => return Err(e),
     };
     let volume = unlock(backing, ctx, key)?;
-    let names = match volume.header.names_encrypted() {
-        true => NameCipher::Encrypted(volume.dek.names_key()),
-        false => NameCipher::Plaintext,
-    };
+    let names = name_cipher(&volume);
     let mut run = Run {
         volume: &volume,
         names,
@@ -523,7 +520,6 @@ struct Run<'a> {
 /// What the threads of a run share, read-only.
 struct Checker<'a> {
     volume: &'a UnlockedVolume,
-    names: &'a NameCipher,
     options: FsckOptions,
     tree_path: &'a Path,
     dirs: &'a [DirInfo],
@@ -571,21 +567,39 @@ const FILE_THREADS: usize = 8;
 /// Below this many entries a directory's names are decrypted by one thread.
 const PARALLEL_NAMES: usize = 64;
 
+fn name_cipher(volume: &UnlockedVolume) -> NameCipher {
+    match volume.header.names_encrypted() {
+        true => NameCipher::Encrypted(volume.dek.names_key()),
+        false => NameCipher::Plaintext,
+    }
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// `f` over `items` on every core, results in order.
-fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+/// `f` over `items` on every core, results in order; each thread gets its own state
+/// from `init`.
+fn par_map<T: Sync, R: Send, S>(
+    items: &[T],
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&S, &T) -> R + Sync,
+) -> Vec<R> {
     let threads = cores();
     if items.len() < PARALLEL_NAMES || threads == 1 {
-        return items.iter().map(f).collect();
+        let state = init();
+        return items.iter().map(|item| f(&state, item)).collect();
     }
     let chunk = items.len().div_ceil(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = items
             .chunks(chunk)
-            .map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>()))
+            .map(|c| {
+                s.spawn(|| {
+                    let state = init();
+                    c.iter().map(|item| f(&state, item)).collect::<Vec<R>>()
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -794,17 +808,13 @@ impl Run<'_> {
                 }
             }
             let outcomes = {
-                let checker = Checker {
-                    volume: self.volume,
-                    names: &self.names,
-                    options: self.options,
-                    tree_path: &self.tree_path,
-                    dirs: &self.dirs,
-                };
-                let dir = dir.as_fd();
-                par_map(&others, |(name, _)| {
-                    checker.decode_name(dir, name, &side_files)
-                })
+                let (dir, volume) = (dir.as_fd(), self.volume);
+                // The volume's SIV instance is one, behind a lock: a cipher per thread.
+                par_map(
+                    &others,
+                    || name_cipher(volume),
+                    |names, (name, _)| decode_name(names, dir, name, &side_files),
+                )
             };
             let mut used_side_files: HashSet<OsString> = HashSet::new();
             // Plaintext names seen in this directory, with their backing names.
@@ -991,7 +1001,6 @@ impl Run<'_> {
         });
         let checker = Checker {
             volume: self.volume,
-            names: &self.names,
             options: self.options,
             tree_path: &self.tree_path,
             dirs: &self.dirs,
@@ -1028,69 +1037,69 @@ impl Run<'_> {
     }
 }
 
+/// What backing name `name` in `dir` is; `side_files` are the directory's.
+fn decode_name(
+    names: &NameCipher,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    side_files: &HashMap<OsString, u8>,
+) -> NameOutcome {
+    match names.classify(name) {
+        Ok(BackingEntry::Named(plain)) => {
+            if !names.is_encrypted() {
+                return NameOutcome::Named(plain);
+            }
+            match names.encrypt_name(&plain) {
+                Ok(BackingName::Direct(stored)) if stored == name => NameOutcome::Named(plain),
+                Ok(canonical) => {
+                    let detail = format!(
+                        "decrypts, but its name is stored as {} (the mount cannot look it \
+                         up)",
+                        String::from_utf8_lossy(canonical.entry().as_bytes())
+                    );
+                    NameOutcome::NonCanonical(plain, detail)
+                }
+                Err(e) => {
+                    let detail = format!("decrypts to a name the mount refuses: {e}");
+                    NameOutcome::NonCanonical(plain, detail)
+                }
+            }
+        }
+        Ok(BackingEntry::Long) => {
+            let mut side = name.to_owned();
+            side.push(LONG_NAME_SIDE_SUFFIX);
+            let Some(d_type) = side_files.get(&side) else {
+                return NameOutcome::MissingSide(side);
+            };
+            let result = match *d_type {
+                libc::DT_REG | libc::DT_UNKNOWN => read_side_file(dir, &side)
+                    .map_err(|e| format!("cannot read it: {e}"))
+                    .and_then(|encoded| decode_long(names, name, &encoded)),
+                _ => Err("it is not a regular file".to_string()),
+            };
+            match result {
+                Ok(plain) => NameOutcome::Long(plain),
+                Err(why) => NameOutcome::BadSide { side, why },
+            }
+        }
+        // Side files are sorted out before.
+        Ok(BackingEntry::Internal) => NameOutcome::Undecryptable("a side file".into()),
+        Err(e) => NameOutcome::Undecryptable(format!("{e}; the mount does not show it")),
+    }
+}
+
+/// The name a side file holds for entry `entry`, or why it holds none.
+fn decode_long(names: &NameCipher, entry: &OsStr, encoded: &[u8]) -> Result<OsString, String> {
+    let hash = URL_SAFE_NO_PAD.encode(Sha256::digest(encoded));
+    if entry.as_bytes()[LONG_NAME_PREFIX.len()..] != *hash.as_bytes() {
+        return Err("its contents do not hash to the entry's name".into());
+    }
+    names
+        .decrypt_long(entry, encoded)
+        .map_err(|e| format!("its contents do not decrypt ({e})"))
+}
+
 impl Checker<'_> {
-    /// What backing name `name` in `dir` is; `side_files` are the directory's.
-    fn decode_name(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &OsStr,
-        side_files: &HashMap<OsString, u8>,
-    ) -> NameOutcome {
-        match self.names.classify(name) {
-            Ok(BackingEntry::Named(plain)) => {
-                if !self.names.is_encrypted() {
-                    return NameOutcome::Named(plain);
-                }
-                match self.names.encrypt_name(&plain) {
-                    Ok(BackingName::Direct(stored)) if stored == name => NameOutcome::Named(plain),
-                    Ok(canonical) => {
-                        let detail = format!(
-                            "decrypts, but its name is stored as {} (the mount cannot look it \
-                             up)",
-                            String::from_utf8_lossy(canonical.entry().as_bytes())
-                        );
-                        NameOutcome::NonCanonical(plain, detail)
-                    }
-                    Err(e) => {
-                        let detail = format!("decrypts to a name the mount refuses: {e}");
-                        NameOutcome::NonCanonical(plain, detail)
-                    }
-                }
-            }
-            Ok(BackingEntry::Long) => {
-                let mut side = name.to_owned();
-                side.push(LONG_NAME_SIDE_SUFFIX);
-                let Some(d_type) = side_files.get(&side) else {
-                    return NameOutcome::MissingSide(side);
-                };
-                let result = match *d_type {
-                    libc::DT_REG | libc::DT_UNKNOWN => read_side_file(dir, &side)
-                        .map_err(|e| format!("cannot read it: {e}"))
-                        .and_then(|encoded| self.decode_long(name, &encoded)),
-                    _ => Err("it is not a regular file".to_string()),
-                };
-                match result {
-                    Ok(plain) => NameOutcome::Long(plain),
-                    Err(why) => NameOutcome::BadSide { side, why },
-                }
-            }
-            // Side files are sorted out before.
-            Ok(BackingEntry::Internal) => NameOutcome::Undecryptable("a side file".into()),
-            Err(e) => NameOutcome::Undecryptable(format!("{e}; the mount does not show it")),
-        }
-    }
-
-    /// The name a side file holds for entry `entry`, or why it holds none.
-    fn decode_long(&self, entry: &OsStr, encoded: &[u8]) -> Result<OsString, String> {
-        let hash = URL_SAFE_NO_PAD.encode(Sha256::digest(encoded));
-        if entry.as_bytes()[LONG_NAME_PREFIX.len()..] != *hash.as_bytes() {
-            return Err("its contents do not hash to the entry's name".into());
-        }
-        self.names
-            .decrypt_long(entry, encoded)
-            .map_err(|e| format!("its contents do not decrypt ({e})"))
-    }
-
     /// One thread of [`Run::check_files`]: takes jobs until none are left.
     fn file_worker(
         &self,
