@@ -593,6 +593,32 @@ fn help_documents_the_limits_and_the_exit_codes() {
     }
 }
 
+/// On a terminal (a pty from script(1)) a progress bar shows on stderr; elsewhere none
+/// (a_clean_volume_reports_clean).
+#[test]
+fn a_progress_bar_shows_on_a_terminal() {
+    let env = TestEnv::new();
+    let mut m = env.mounted(&[]);
+    populate(&m);
+    m.unmount_settled();
+    let command = format!(
+        "{} fsck {}",
+        env!("CARGO_BIN_EXE_xtsfs"),
+        path_str(&env.backing())
+    );
+    let output = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("XTSFS_PLATFORM_KEY_DIR", env.platform_key_dir())
+        .env("XTSFS_RUN_DIR", env.path("run"))
+        .output()
+        .expect("run script(1)");
+    assert_exit(&output, 0);
+    let screen = stdout(&output);
+    assert!(screen.contains("files 0/7"), "{screen}");
+    assert!(screen.contains("ETA"), "{screen}");
+    assert!(screen.contains("clean: 0 problems"), "{screen}");
+}
+
 /// A large volume, written directly with the library (FUSE would take minutes), checked
 /// by the real binary. Prints fsck's rate.
 #[test]
