@@ -2,7 +2,15 @@
 //! applied both to an xtsfs mount and to a plain directory on the local file system (the
 //! reference). Every operation's result (value or errno) must match between the two, and
 //! so must the two trees whenever they are compared: paths, kinds, sizes, link counts,
-//! bytes and symlink targets.
+//! modes, owners, device numbers, bytes, symlink targets and extended attributes (names
+//! and values).
+//!
+//! Besides contents and names, the operations cover the POSIX attributes: chmod (set-id
+//! and sticky bits included), chown and lchown (to another user and back, group changes),
+//! mknod of FIFOs, sockets and device nodes, `user.` and `trusted.` extended attributes,
+//! and utimensat with UTIME_NOW and UTIME_OMIT. Some operations run as a second user (not
+//! root, with a supplementary group; tests/common/users.rs) under a umask of their own, so
+//! permission errors must match too; the mount is made with `--allow-other` for that.
 //!
 //! The default run is a few thousand operations. For a soak run:
 //!
@@ -23,13 +31,14 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::mount::{find_plaintext, Mounted};
 use common::sys::{cpath, cvt, fallocate, read_full_at, renameat2, truncate};
-use common::{pseudo_random_bytes, Rng, TestEnv};
+use common::users::{User, ALICE, BOB, SHARED_GROUP};
+use common::{pseudo_random_bytes, set_mode, Rng, TestEnv};
 
 const UNIT: u64 = 4096;
 const MIB: u64 = 1 << 20;
@@ -59,6 +68,24 @@ const KERNEL_CACHE_TTL: Duration = Duration::from_millis(1100);
 
 const XTSFS: usize = 0;
 const REFERENCE: usize = 1;
+
+/// One op in this many runs as the second user (wrapped in [`Op::AsOther`]).
+const AS_OTHER_ONE_IN: u64 = 4;
+/// Percent of ops drawn from the POSIX attribute operations (chmod, chown, mknod,
+/// extended attributes, utimensat) rather than the contents and names ones.
+const POSIX_OPS_PERCENT: u64 = 25;
+/// Largest extended attribute value generated. Every attribute of an object shares one
+/// backing block on ext4, and xtsfs stores each name and value with an overhead (README,
+/// "POSIX behaviour": 32 bytes per value, the longer encrypted name), so values stay small
+/// enough that the pool of names always fits on both sides.
+const MAX_XATTR_VALUE: u64 = 200;
+/// What an open of a device node returns on either side instead of opening it. The
+/// mount is `nodev` (README, "POSIX behaviour": opening a device node gives EACCES unless
+/// mounted `-o dev`), where the local file system opens the device: not compared.
+const DEVICE_NOT_OPENED: i32 = -1000;
+/// Slack around the wall-clock window of a UTIME_NOW: file system timestamps come from
+/// the kernel's coarse clock, a tick behind `SystemTime::now()`.
+const CLOCK_SLACK: Duration = Duration::from_millis(50);
 
 #[test]
 fn mount_matches_local_fs_under_random_operations() {
@@ -176,6 +203,74 @@ fn a_one_byte_last_unit_reads_back_whatever_its_value() {
             "file of {size} bytes: last byte written, read back: {wrong:?}"
         );
     }
+}
+
+/// The daemon's own reads of a backing file (the header at open, the rest of a unit a
+/// write only partly covers, the header before a truncate) used to move the backing
+/// access time, which the mount reports as the file's: an open, a write or a truncate
+/// changed st_atime, which on a local file system only reads and utimensat do (a
+/// utimensat with atime UTIME_OMIT then seemed to change it too).
+#[test]
+fn opens_writes_and_truncates_leave_the_access_time_alone() {
+    let env = TestEnv::new();
+    let m = env.mounted(&[]);
+    let path = m.path("f");
+    fs::write(&path, vec![7u8; 5000]).unwrap();
+    let long_ago = TimeSpec::At(1_000_000_000, 0);
+    let set = Op::Utimens {
+        path: RelPath(b"f".to_vec()),
+        atime: long_ago,
+        mtime: long_ago,
+        follow: false,
+    };
+    Side::new(m.mountpoint.clone()).apply(&set, b"").unwrap();
+    drop(open(&path, libc::O_RDONLY).unwrap());
+    let file = open(&path, libc::O_WRONLY).unwrap();
+    file.write_all_at(b"0123456789", 100).unwrap();
+    file.set_len(4100).unwrap();
+    drop(file);
+    truncate(&path, 100).unwrap();
+    // The backing file's, not the kernel's cached view of it.
+    let atime = fs::symlink_metadata(m.backing_path("f")).unwrap().atime();
+    assert_eq!(atime, 1_000_000_000, "the access time moved");
+    // A read through the mount marks the file accessed, as on a local file system.
+    fs::read(&path).unwrap();
+    let atime = fs::symlink_metadata(m.backing_path("f")).unwrap().atime();
+    assert_ne!(atime, 1_000_000_000, "a read marks the file accessed");
+}
+
+/// A truncate or write by a caller without CAP_FSETID that is not in the file's group
+/// clears set-group-ID even without group execute (Linux 6.2 on,
+/// `setattr_should_drop_sgid`); a member's keeps it. xtsfs cleared it only with group
+/// execute.
+#[test]
+fn set_group_id_without_group_execute_is_cleared_for_non_members() {
+    let env = TestEnv::new();
+    set_mode(env.root(), 0o755);
+    let mut m = env.initialized(&[]);
+    m.mount(&["--allow-other"]);
+    let local = env.path("local");
+    fs::create_dir(&local).unwrap();
+    for dir in [&local, &m.mountpoint] {
+        set_mode(dir, 0o777);
+        for (name, gid) in [("other", 0), ("member", SHARED_GROUP)] {
+            let path = dir.join(name);
+            fs::write(&path, b"data").unwrap();
+            std::os::unix::fs::chown(&path, None, Some(gid)).unwrap();
+            set_mode(&path, 0o2666);
+        }
+    }
+    let modes = [&local, &m.mountpoint].map(|dir| {
+        let dir = dir.clone();
+        User::alice().run(move || {
+            ["other", "member"].map(|name| {
+                truncate(&dir.join(name), 1).unwrap();
+                fs::metadata(dir.join(name)).unwrap().mode() & 0o7777
+            })
+        })
+    });
+    assert_eq!(modes[0], [0o666, 0o2666], "the local file system");
+    assert_eq!(modes[1], modes[0], "xtsfs");
 }
 
 fn env_number(name: &str) -> Option<u64> {
@@ -315,6 +410,81 @@ impl fmt::Debug for RenameFlags {
     }
 }
 
+/// Permission bits (set-id and sticky included), or a umask: shown in octal.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Mode(u32);
+
+impl fmt::Debug for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+/// What mknod makes.
+#[derive(Clone, Copy, Debug)]
+enum NodeKind {
+    Regular,
+    Fifo,
+    Socket,
+    Char(u32, u32),
+    Block(u32, u32),
+}
+
+impl NodeKind {
+    fn mode_and_dev(self) -> (u32, libc::dev_t) {
+        match self {
+            NodeKind::Regular => (libc::S_IFREG, 0),
+            NodeKind::Fifo => (libc::S_IFIFO, 0),
+            NodeKind::Socket => (libc::S_IFSOCK, 0),
+            NodeKind::Char(major, minor) => (libc::S_IFCHR, libc::makedev(major, minor)),
+            NodeKind::Block(major, minor) => (libc::S_IFBLK, libc::makedev(major, minor)),
+        }
+    }
+}
+
+/// One of utimensat's two times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimeSpec {
+    Now,
+    Omit,
+    At(i64, i64),
+}
+
+impl TimeSpec {
+    fn timespec(self) -> libc::timespec {
+        let (tv_sec, tv_nsec) = match self {
+            TimeSpec::Now => (0, libc::UTIME_NOW),
+            TimeSpec::Omit => (0, libc::UTIME_OMIT),
+            TimeSpec::At(sec, nsec) => (sec, nsec),
+        };
+        libc::timespec { tv_sec, tv_nsec }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct XattrFlags(i32);
+
+impl fmt::Debug for XattrFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            0 => "0",
+            libc::XATTR_CREATE => "CREATE",
+            libc::XATTR_REPLACE => "REPLACE",
+            _ => "?",
+        })
+    }
+}
+
+/// An extended attribute name, as raw bytes.
+#[derive(Clone)]
+struct XattrName(Vec<u8>);
+
+impl fmt::Debug for XattrName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}\"", Shown(&self.0))
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     /// open(O_WRONLY [|O_CREAT]) + pwrite + close.
@@ -366,6 +536,7 @@ enum Op {
     },
     Mkdir {
         path: RelPath,
+        mode: Mode,
     },
     Rmdir {
         path: RelPath,
@@ -411,6 +582,59 @@ enum Op {
     },
     /// Unmounts and mounts xtsfs again (closing every handle on both sides first).
     Remount,
+    /// chmod (follows a final symlink).
+    Chmod {
+        path: RelPath,
+        mode: Mode,
+    },
+    /// chown, or lchown unless `follow`; `None` leaves an id as it is.
+    Chown {
+        path: RelPath,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        follow: bool,
+    },
+    Mknod {
+        path: RelPath,
+        kind: NodeKind,
+        mode: Mode,
+    },
+    /// lsetxattr, with a value of `len` bytes.
+    SetXattr {
+        path: RelPath,
+        name: XattrName,
+        len: u64,
+        fill: Fill,
+        flags: XattrFlags,
+    },
+    /// lgetxattr: asking for the size first and then the value (`size` None, as
+    /// getfattr does), or with a buffer of `size` bytes (0 asks for the size only).
+    GetXattr {
+        path: RelPath,
+        name: XattrName,
+        size: Option<u64>,
+    },
+    /// llistxattr.
+    ListXattr {
+        path: RelPath,
+    },
+    RemoveXattr {
+        path: RelPath,
+        name: XattrName,
+    },
+    /// utimensat, with AT_SYMLINK_NOFOLLOW unless `follow`.
+    Utimens {
+        path: RelPath,
+        atime: TimeSpec,
+        mtime: TimeSpec,
+        follow: bool,
+    },
+    /// `op` run by the second user (not root; a supplementary group) in a child process
+    /// whose umask is `umask`.
+    AsOther {
+        umask: Mode,
+        op: Box<Op>,
+    },
 }
 
 impl Op {
@@ -422,12 +646,27 @@ impl Op {
             | Op::Truncate { path, .. }
             | Op::Fallocate { path, .. }
             | Op::Unlink { path }
-            | Op::Mkdir { path }
+            | Op::Mkdir { path, .. }
             | Op::Rmdir { path }
             | Op::Symlink { path, .. }
-            | Op::Open { path, .. } => vec![path],
+            | Op::Open { path, .. }
+            | Op::Chmod { path, .. }
+            | Op::Chown { path, .. }
+            | Op::Mknod { path, .. }
+            | Op::SetXattr { path, .. }
+            | Op::RemoveXattr { path, .. }
+            | Op::Utimens { path, .. } => vec![path],
             Op::Rename { from, to, .. } | Op::Link { from, to } => vec![from, to],
+            Op::AsOther { op, .. } => op.touched(),
             _ => Vec::new(),
+        }
+    }
+
+    /// The op itself, as whoever runs it.
+    fn inner(&self) -> &Op {
+        match self {
+            Op::AsOther { op, .. } => op,
+            op => op,
         }
     }
 
@@ -440,6 +679,7 @@ impl Op {
             | Op::HandleFallocate { offset, len, .. } => Some((offset, len)),
             Op::Truncate { size, .. } | Op::HandleTruncate { size, .. } => Some((size, 0)),
             Op::Append { .. } => Some((0, 0)),
+            Op::AsOther { ref op, .. } => op.changed_range(),
             _ => None,
         }
     }
@@ -464,6 +704,9 @@ enum Value {
     Done,
     Count(u64),
     Data(Vec<u8>),
+    /// Extended attribute names, sorted: the listing order is the file system's own (on
+    /// xtsfs, the backing order of the encrypted names).
+    Names(Vec<Vec<u8>>),
 }
 
 impl fmt::Debug for Value {
@@ -472,7 +715,34 @@ impl fmt::Debug for Value {
             Value::Done => f.write_str("Done"),
             Value::Count(n) => write!(f, "Count({n})"),
             Value::Data(data) => write!(f, "Data({} bytes, fnv {:016x})", data.len(), fnv(data)),
+            Value::Names(names) => {
+                let shown: Vec<String> = names.iter().map(|n| Shown(n).to_string()).collect();
+                write!(f, "Names({shown:?})")
+            }
         }
+    }
+}
+
+/// An outcome as it crosses the pipe from a child running as another user.
+type WireOutcome = Result<(u8, u64, Vec<u8>, Vec<Vec<u8>>), i32>;
+
+fn to_wire(outcome: Outcome) -> WireOutcome {
+    match outcome {
+        Ok(Value::Done) => Ok((0, 0, Vec::new(), Vec::new())),
+        Ok(Value::Count(n)) => Ok((1, n, Vec::new(), Vec::new())),
+        Ok(Value::Data(data)) => Ok((2, 0, data, Vec::new())),
+        Ok(Value::Names(names)) => Ok((3, 0, Vec::new(), names)),
+        Err(e) => Err(e.0),
+    }
+}
+
+fn from_wire(wire: WireOutcome) -> Outcome {
+    match wire {
+        Ok((0, ..)) => Ok(Value::Done),
+        Ok((1, n, ..)) => Ok(Value::Count(n)),
+        Ok((2, _, data, _)) => Ok(Value::Data(data)),
+        Ok((_, _, _, names)) => Ok(Value::Names(names)),
+        Err(e) => Err(Errno(e)),
     }
 }
 
@@ -483,6 +753,9 @@ struct Errno(i32);
 
 impl fmt::Debug for Errno {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == DEVICE_NOT_OPENED {
+            return f.write_str("a device node (not opened)");
+        }
         write!(f, "{}", io::Error::from_raw_os_error(self.0))
     }
 }
@@ -500,6 +773,19 @@ fn fnv(data: &[u8]) -> u64 {
 }
 
 fn open(path: &Path, flags: i32) -> Result<File, Errno> {
+    // What the path names decides, on both sides alike: a FIFO is opened O_NONBLOCK (an
+    // open for writing without a reader gives ENXIO instead of blocking the run), and a
+    // device node is not opened at all (see DEVICE_NOT_OPENED).
+    let mut flags = flags;
+    if let Ok(meta) = fs::metadata(path) {
+        let kind = meta.file_type();
+        if kind.is_char_device() || kind.is_block_device() {
+            return Err(Errno(DEVICE_NOT_OPENED));
+        }
+        if kind.is_fifo() {
+            flags |= libc::O_NONBLOCK;
+        }
+    }
     let path = cpath(path);
     // SAFETY: NUL-terminated path; on success we own the returned fd.
     let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
@@ -514,6 +800,91 @@ fn read_at(file: &File, offset: u64, len: u64) -> Outcome {
     let done = read_full_at(file, &mut buf, offset)?;
     buf.truncate(done);
     Ok(Value::Data(buf))
+}
+
+fn xattr_cname(name: &XattrName) -> std::ffi::CString {
+    std::ffi::CString::new(name.0.clone()).expect("no NUL in an attribute name")
+}
+
+/// A byte count from a libc call that returns one, or -1 and errno.
+fn ssize(ret: isize) -> Result<usize, Errno> {
+    if ret < 0 {
+        Err(Errno::from(io::Error::last_os_error()))
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// An attribute's value, asking for its size first as getfattr does.
+fn lgetxattr(path: &Path, name: &[u8]) -> Result<Vec<u8>, Errno> {
+    let path = cpath(path);
+    let name = std::ffi::CString::new(name).expect("no NUL in an attribute name");
+    // SAFETY: a NULL buffer of size 0 asks for the size.
+    let size =
+        ssize(unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) })?;
+    let mut buf = vec![0u8; size];
+    // SAFETY: a buffer of its length.
+    let n = ssize(unsafe {
+        libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), size)
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// lgetxattr into a buffer of exactly `size` bytes: the value, or its size if `size` is 0.
+fn lgetxattr_into(path: &Path, name: &[u8], size: usize) -> Outcome {
+    let path = cpath(path);
+    let name = std::ffi::CString::new(name).expect("no NUL in an attribute name");
+    let mut buf = vec![0u8; size];
+    let ptr = if size == 0 {
+        std::ptr::null_mut()
+    } else {
+        buf.as_mut_ptr().cast()
+    };
+    // SAFETY: a buffer of `size` bytes, or NULL with size 0.
+    let n = ssize(unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), ptr, size) })?;
+    if size == 0 {
+        return Ok(Value::Count(n as u64));
+    }
+    buf.truncate(n);
+    Ok(Value::Data(buf))
+}
+
+/// The attribute names of a path (not following a final symlink), sorted, without
+/// `security.` ones: the local file system may carry security-module labels that the
+/// mount does not show (README, "POSIX behaviour": `security.` labels of the backing
+/// objects are not shown). No operation here sets a `security.` attribute.
+fn llistxattr(path: &Path) -> Result<Vec<Vec<u8>>, Errno> {
+    let path = cpath(path);
+    loop {
+        // SAFETY: a NULL buffer of size 0 asks for the size.
+        let size = ssize(unsafe { libc::llistxattr(path.as_ptr(), std::ptr::null_mut(), 0) })?;
+        let mut buf = vec![0u8; size];
+        // SAFETY: a buffer of its length.
+        match ssize(unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), size) }) {
+            Ok(n) => buf.truncate(n),
+            Err(Errno(libc::ERANGE)) => continue,
+            Err(e) => return Err(e),
+        }
+        let mut names: Vec<Vec<u8>> = buf
+            .split(|b| *b == 0)
+            .filter(|name| !name.is_empty() && !name.starts_with(b"security."))
+            .map(<[u8]>::to_vec)
+            .collect();
+        names.sort();
+        return Ok(names);
+    }
+}
+
+/// Every attribute of a path with its value, as `llistxattr` lists them.
+fn xattrs(path: &Path) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, Errno> {
+    llistxattr(path)?
+        .into_iter()
+        .map(|name| {
+            let value = lgetxattr(path, &name)?;
+            Ok((name, value))
+        })
+        .collect()
 }
 
 /// One of the two trees, with its handle slots.
@@ -616,8 +987,8 @@ impl Side {
                 fs::remove_file(self.path(path))?;
                 Ok(Value::Done)
             }
-            Op::Mkdir { path } => {
-                fs::create_dir(self.path(path))?;
+            Op::Mkdir { path, mode } => {
+                fs::DirBuilder::new().mode(mode.0).create(self.path(path))?;
                 Ok(Value::Done)
             }
             Op::Rmdir { path } => {
@@ -673,6 +1044,93 @@ impl Side {
                 Ok(Value::Done)
             }
             Op::Remount => Ok(Value::Done),
+            Op::Chmod { path, mode } => {
+                let path = cpath(&self.path(path));
+                // SAFETY: NUL-terminated path.
+                cvt(unsafe { libc::chmod(path.as_ptr(), mode.0) })?;
+                Ok(Value::Done)
+            }
+            Op::Chown {
+                path,
+                uid,
+                gid,
+                follow,
+            } => {
+                let path = cpath(&self.path(path));
+                let (uid, gid) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
+                // SAFETY: NUL-terminated path; -1 leaves an id as it is.
+                cvt(unsafe {
+                    if *follow {
+                        libc::chown(path.as_ptr(), uid, gid)
+                    } else {
+                        libc::lchown(path.as_ptr(), uid, gid)
+                    }
+                })?;
+                Ok(Value::Done)
+            }
+            Op::Mknod { path, kind, mode } => {
+                let (kind, dev) = kind.mode_and_dev();
+                let path = cpath(&self.path(path));
+                // SAFETY: NUL-terminated path.
+                cvt(unsafe { libc::mknod(path.as_ptr(), kind | mode.0, dev) })?;
+                Ok(Value::Done)
+            }
+            Op::SetXattr {
+                path,
+                name,
+                len,
+                fill,
+                flags,
+            } => {
+                let value = fill.bytes(*len, canary);
+                let (path, name) = (cpath(&self.path(path)), xattr_cname(name));
+                // SAFETY: NUL-terminated strings and a value of its length.
+                cvt(unsafe {
+                    libc::lsetxattr(
+                        path.as_ptr(),
+                        name.as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        flags.0,
+                    )
+                })?;
+                Ok(Value::Done)
+            }
+            Op::GetXattr { path, name, size } => {
+                let path = self.path(path);
+                match size {
+                    None => lgetxattr(&path, &name.0).map(Value::Data),
+                    Some(size) => lgetxattr_into(&path, &name.0, *size as usize),
+                }
+            }
+            Op::ListXattr { path } => llistxattr(&self.path(path)).map(Value::Names),
+            Op::RemoveXattr { path, name } => {
+                let (path, name) = (cpath(&self.path(path)), xattr_cname(name));
+                // SAFETY: NUL-terminated strings.
+                cvt(unsafe { libc::lremovexattr(path.as_ptr(), name.as_ptr()) })?;
+                Ok(Value::Done)
+            }
+            Op::Utimens {
+                path,
+                atime,
+                mtime,
+                follow,
+            } => {
+                let path = cpath(&self.path(path));
+                let times = [atime.timespec(), mtime.timespec()];
+                let flags = if *follow {
+                    0
+                } else {
+                    libc::AT_SYMLINK_NOFOLLOW
+                };
+                // SAFETY: NUL-terminated path and a two-element array.
+                cvt(unsafe {
+                    libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), flags)
+                })?;
+                Ok(Value::Done)
+            }
+            // Run::apply_both runs it in a child as the other user.
+            Op::AsOther { .. } => Err(Errno(libc::EINVAL)),
         }
     }
 
@@ -688,8 +1146,31 @@ enum Kind {
     Dir,
     File,
     Symlink,
-    Other,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
 }
+
+/// Every kind of entry.
+const ANY_KIND: [Kind; 7] = [
+    Kind::Dir,
+    Kind::File,
+    Kind::Symlink,
+    Kind::Fifo,
+    Kind::Socket,
+    Kind::CharDevice,
+    Kind::BlockDevice,
+];
+/// Every kind that unlink removes.
+const NOT_DIR: [Kind; 6] = [
+    Kind::File,
+    Kind::Symlink,
+    Kind::Fifo,
+    Kind::Socket,
+    Kind::CharDevice,
+    Kind::BlockDevice,
+];
 
 fn kind_of(meta: &fs::Metadata) -> Kind {
     let t = meta.file_type();
@@ -699,27 +1180,54 @@ fn kind_of(meta: &fs::Metadata) -> Kind {
         Kind::File
     } else if t.is_symlink() {
         Kind::Symlink
+    } else if t.is_fifo() {
+        Kind::Fifo
+    } else if t.is_socket() {
+        Kind::Socket
+    } else if t.is_char_device() {
+        Kind::CharDevice
     } else {
-        Kind::Other
+        Kind::BlockDevice
     }
 }
 
 /// lstat, reduced to what must match: kind, size (not for directories, whose sizes are
-/// the file system's business) and link count.
+/// the file system's business), link count, permission bits (set-id and sticky
+/// included), owner and group, and a device node's device number.
 #[derive(PartialEq, Eq, Debug)]
 struct Stat {
     kind: Kind,
     size: Option<u64>,
     nlink: u64,
+    mode: Mode,
+    owner: (u32, u32),
+    rdev: Option<(u32, u32)>,
 }
 
 fn stat_of(meta: &fs::Metadata) -> Stat {
     let kind = kind_of(meta);
+    let device = matches!(kind, Kind::CharDevice | Kind::BlockDevice);
     Stat {
         kind,
         size: (kind != Kind::Dir).then_some(meta.len()),
         nlink: meta.nlink(),
+        mode: Mode(meta.mode() & 0o7777),
+        owner: (meta.uid(), meta.gid()),
+        rdev: device.then(|| (libc::major(meta.rdev()), libc::minor(meta.rdev()))),
     }
+}
+
+/// (atime, mtime) as (seconds, nanoseconds), of a final symlink itself unless `follow`.
+fn times_of(path: &Path, follow: bool) -> Result<[(i64, i64); 2], Errno> {
+    let meta = if follow {
+        fs::metadata(path)?
+    } else {
+        fs::symlink_metadata(path)?
+    };
+    Ok([
+        (meta.atime(), meta.atime_nsec()),
+        (meta.mtime(), meta.mtime_nsec()),
+    ])
 }
 
 fn lstat(path: &Path) -> Result<Stat, Errno> {
@@ -739,6 +1247,8 @@ struct Snapshot {
     stat: Stat,
     /// File bytes, or a symlink's target.
     bytes: Vec<u8>,
+    /// Extended attributes, names and values (as root sees them: `trusted.` included).
+    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 /// Every entry under `root`, without following symlinks; an error names what failed.
@@ -763,9 +1273,17 @@ fn snapshot(root: &Path) -> Result<BTreeMap<RelPath, Snapshot>, String> {
                     .map_err(|e| failed("readlink", &rel, e))?
                     .into_os_string()
                     .into_encoded_bytes(),
-                Kind::Other => Vec::new(),
+                _ => Vec::new(),
             };
-            tree.insert(rel, Snapshot { stat, bytes });
+            let xattrs = xattrs(&path).map_err(|e| format!("xattrs of {rel:?}: {e:?}"))?;
+            tree.insert(
+                rel,
+                Snapshot {
+                    stat,
+                    bytes,
+                    xattrs,
+                },
+            );
         }
     }
     Ok(tree)
@@ -796,6 +1314,11 @@ fn tree_differences(
                 "{path:?}: {}",
                 bytes_difference(&ours.bytes, &theirs.bytes)
             )),
+            Some(ours) if ours.xattrs != theirs.xattrs => diffs.push(format!(
+                "{path:?}: extended attributes: xtsfs {}, reference {}",
+                shown_xattrs(&ours.xattrs),
+                shown_xattrs(&theirs.xattrs)
+            )),
             Some(_) => {}
         }
     }
@@ -805,6 +1328,14 @@ fn tree_differences(
         }
     }
     diffs
+}
+
+fn shown_xattrs(xattrs: &BTreeMap<Vec<u8>, Vec<u8>>) -> String {
+    let shown: Vec<String> = xattrs
+        .iter()
+        .map(|(name, value)| format!("{}={:?}", Shown(name), Value::Data(value.clone())))
+        .collect();
+    format!("{{{}}}", shown.join(", "))
 }
 
 /// Where two byte strings first differ, with a little context.
@@ -897,9 +1428,35 @@ fn canary(seed: u64) -> Vec<u8> {
     format!("xtsfs-canary-{seed:016x}").into_bytes()
 }
 
+/// Extended attribute names: `user.` and `trusted.` ones, one at the longest `user.`
+/// name xtsfs stores (README, "POSIX behaviour": 172 bytes; longer ones give ERANGE where
+/// the local file system takes up to 255, so none is generated), names carrying the
+/// canary, and names both sides must refuse alike: an empty `user.` suffix, an
+/// unsupported `system.` one and one without a namespace.
+fn xattr_name_pool(canary: &[u8]) -> Vec<Vec<u8>> {
+    let mut longest = b"user.".to_vec();
+    longest.resize(172, b'n');
+    vec![
+        b"user.a".to_vec(),
+        b"user.a".to_vec(),
+        b"user.b".to_vec(),
+        b"user.mime_type".to_vec(),
+        b"user.caf\xe9.\xff".to_vec(),
+        [b"user.".as_slice(), canary].concat(),
+        longest,
+        b"trusted.t".to_vec(),
+        b"trusted.overlay.opaque".to_vec(),
+        [b"trusted.".as_slice(), canary].concat(),
+        b"user.".to_vec(),
+        b"system.nonesuch".to_vec(),
+        b"nonamespace".to_vec(),
+    ]
+}
+
 struct Generator {
     rng: Rng,
     names: Vec<Vec<u8>>,
+    xattr_names: Vec<Vec<u8>>,
     canary: Vec<u8>,
 }
 
@@ -909,7 +1466,142 @@ impl Generator {
         Generator {
             rng: Rng(seed),
             names: name_pool(&canary),
+            xattr_names: xattr_name_pool(&canary),
             canary,
+        }
+    }
+
+    /// An op, run as the second user one time in AS_OTHER_ONE_IN when it names paths
+    /// only (an op on a handle slot runs as root, who opened it).
+    fn op(&mut self, listing: &Listing, open_slots: &[(usize, u64)]) -> Op {
+        let op = if self.rng.percent(POSIX_OPS_PERCENT) {
+            self.posix_op(listing)
+        } else {
+            self.contents_op(listing, open_slots)
+        };
+        let by_path =
+            op.slot().is_none() && !matches!(op, Op::Open { .. } | Op::Close { .. } | Op::Remount);
+        if by_path && self.rng.below(AS_OTHER_ONE_IN) == 0 {
+            Op::AsOther {
+                umask: Mode(*self.rng.pick(&[0o022, 0o022, 0, 0o077, 0o002, 0o027])),
+                op: Box::new(op),
+            }
+        } else {
+            op
+        }
+    }
+
+    /// Owners and groups: root's, the second user's (whose groups are its own and
+    /// SHARED_GROUP), and a user and group it is not.
+    fn owner(&mut self) -> (Option<u32>, Option<u32>) {
+        let uid = *self
+            .rng
+            .pick(&[Some(ALICE), Some(ALICE), Some(0), Some(BOB), None]);
+        let gid = *self.rng.pick(&[
+            Some(ALICE),
+            Some(SHARED_GROUP),
+            Some(SHARED_GROUP),
+            Some(0),
+            Some(BOB),
+            None,
+        ]);
+        (uid, gid)
+    }
+
+    fn mode(&mut self) -> Mode {
+        if self.rng.percent(15) {
+            return Mode(self.rng.below(0o10000) as u32);
+        }
+        Mode(*self.rng.pick(&[
+            0o644, 0o600, 0o755, 0o777, 0o666, 0o640, 0o4755, 0o2755, 0o6755, 0o2644, 0o4644,
+            0o1777, 0o1755, 0o2775, 0o3777, 0o000, 0o4777, 0o6777, 0o2745,
+        ]))
+    }
+
+    fn time(&mut self) -> TimeSpec {
+        match self.rng.below(10) {
+            0..=2 => TimeSpec::Now,
+            3..=5 => TimeSpec::Omit,
+            _ => {
+                let (sec, nsec) = *self.rng.pick(&[
+                    (0, 0),
+                    (1_700_000_000, 123_456_789),
+                    (1_000_000_000, 999_999_999),
+                    // Past 2038, and before 1970.
+                    (4_000_000_000, 1),
+                    (-1_000_000, 500_000_000),
+                ]);
+                TimeSpec::At(sec, nsec)
+            }
+        }
+    }
+
+    /// chmod, chown, mknod, extended attributes and utimensat.
+    fn posix_op(&mut self, listing: &Listing) -> Op {
+        match self.rng.below(100) {
+            0..=19 => Op::Chmod {
+                path: self.any_path(listing),
+                mode: self.mode(),
+            },
+            20..=33 => {
+                let (uid, gid) = self.owner();
+                Op::Chown {
+                    path: self.any_path(listing),
+                    uid,
+                    gid,
+                    follow: self.rng.percent(40),
+                }
+            }
+            34..=45 => {
+                let dev = *self
+                    .rng
+                    .pick(&[(1, 3), (7, 200), (259, 0x12345), (4095, 0xfffff)]);
+                let kind = match self.rng.below(10) {
+                    0..=2 => NodeKind::Fifo,
+                    3 | 4 => NodeKind::Socket,
+                    5 | 6 => NodeKind::Char(dev.0, dev.1),
+                    7 | 8 => NodeKind::Block(dev.0, dev.1),
+                    _ => NodeKind::Regular,
+                };
+                Op::Mknod {
+                    path: self.new_path(listing),
+                    kind,
+                    mode: self.mode(),
+                }
+            }
+            46..=61 => Op::SetXattr {
+                path: self.any_path(listing),
+                name: XattrName(self.rng.pick(&self.xattr_names).clone()),
+                len: *self.rng.pick(&[0, 1, 15, 16, 17, 100, MAX_XATTR_VALUE]),
+                fill: self.fill(),
+                flags: XattrFlags(*self.rng.pick(&[
+                    0,
+                    0,
+                    0,
+                    libc::XATTR_CREATE,
+                    libc::XATTR_REPLACE,
+                ])),
+            },
+            62..=71 => Op::GetXattr {
+                path: self.any_path(listing),
+                name: XattrName(self.rng.pick(&self.xattr_names).clone()),
+                size: *self
+                    .rng
+                    .pick(&[None, None, None, Some(0), Some(1), Some(16), Some(200)]),
+            },
+            72..=77 => Op::ListXattr {
+                path: self.any_path(listing),
+            },
+            78..=85 => Op::RemoveXattr {
+                path: self.any_path(listing),
+                name: XattrName(self.rng.pick(&self.xattr_names).clone()),
+            },
+            _ => Op::Utimens {
+                path: self.any_path(listing),
+                atime: self.time(),
+                mtime: self.time(),
+                follow: self.rng.percent(40),
+            },
         }
     }
 
@@ -942,10 +1634,9 @@ impl Generator {
 
     /// Mostly an existing file; sometimes anything, or a new path.
     fn file_path(&mut self, listing: &Listing) -> (RelPath, u64) {
-        let any = [Kind::Dir, Kind::File, Kind::Symlink];
         let found = match self.rng.below(20) {
             0..=15 => self.existing(listing, &[Kind::File]),
-            16 | 17 => self.existing(listing, &any),
+            16 | 17 => self.existing(listing, &ANY_KIND),
             _ => None,
         };
         found.unwrap_or_else(|| (self.new_path(listing), 0))
@@ -953,9 +1644,8 @@ impl Generator {
 
     /// Any existing entry most of the time, else a path that may not exist.
     fn any_path(&mut self, listing: &Listing) -> RelPath {
-        let any = [Kind::Dir, Kind::File, Kind::Symlink];
         let found = if self.rng.percent(80) {
-            self.existing(listing, &any)
+            self.existing(listing, &ANY_KIND)
         } else {
             None
         };
@@ -1082,7 +1772,7 @@ impl Generator {
     }
 
     /// `open_slots` pairs each open handle slot with the size of the file it holds.
-    fn op(&mut self, listing: &Listing, open_slots: &[(usize, u64)]) -> Op {
+    fn contents_op(&mut self, listing: &Listing, open_slots: &[(usize, u64)]) -> Op {
         if self.rng.below(REMOUNT_ONE_IN) == 0 {
             return Op::Remount;
         }
@@ -1166,7 +1856,7 @@ impl Generator {
                 Op::Rename { from, to, flags }
             }
             55..=57 => Op::Link {
-                from: match self.existing(listing, &[Kind::File, Kind::Symlink]) {
+                from: match self.existing(listing, &NOT_DIR) {
                     Some((path, _)) if self.rng.percent(85) => path,
                     _ => self.any_path(listing),
                 },
@@ -1178,7 +1868,7 @@ impl Generator {
             },
             58..=63 => {
                 let found = if self.rng.percent(85) {
-                    self.existing(listing, &[Kind::File, Kind::Symlink])
+                    self.existing(listing, &NOT_DIR)
                 } else {
                     None
                 };
@@ -1196,6 +1886,9 @@ impl Generator {
                 let dir = self.rng.pick(&shallow).clone();
                 Op::Mkdir {
                     path: dir.join(&self.name()),
+                    mode: Mode(*self.rng.pick(&[
+                        0o777, 0o777, 0o777, 0o755, 0o700, 0o1777, 0o2775, 0o3777, 0o555,
+                    ])),
                 }
             }
             67..=70 => {
@@ -1275,6 +1968,9 @@ struct Mismatch {
 }
 
 fn op_kind(op: &Op) -> String {
+    if let Op::AsOther { op, .. } = op {
+        return format!("{} as other user", op_kind(op));
+    }
     let shown = format!("{op:?}");
     shown
         .split([' ', '{'])
@@ -1296,27 +1992,30 @@ struct Run<'a> {
 
 impl<'a> Run<'a> {
     fn new(env: &'a TestEnv, seed: u64, start: Start) -> Self {
+        // --allow-other: the second user must reach the mount.
+        let mut mount_args = vec!["--allow-other".to_string()];
+        mount_args.extend(
+            std::env::var(MOUNT_ARGS_VAR)
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string),
+        );
         let mut mount = match start {
-            Start::Init(args) => env.mounted(args),
+            Start::Init(args) => env.initialized(args),
             Start::Golden(kind) => {
                 common::golden_copy(env, kind);
-                let mut mount = env.existing();
-                mount.mount(&[]);
-                mount
+                env.existing()
             }
         };
-        let mount_args: Vec<String> = std::env::var(MOUNT_ARGS_VAR)
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
-        if !mount_args.is_empty() {
-            mount.remount_with(&mount_args.iter().map(String::as_str).collect::<Vec<_>>());
-        }
+        mount.mount(&mount_args.iter().map(String::as_str).collect::<Vec<_>>());
         // The reference lives on the same file system as the backing directory, so both
         // sides' errors come from the same kind of file system.
         let reference = env.path("reference");
         fs::create_dir(&reference).expect("create reference dir");
+        // The second user reaches both roots, and may create in them.
+        set_mode(env.root(), 0o755);
+        set_mode(&reference, 0o777);
+        set_mode(&mount.mountpoint, 0o777);
         if let Start::Golden(_) = start {
             let copied = std::process::Command::new("cp")
                 .arg("-a")
@@ -1348,13 +2047,38 @@ impl<'a> Run<'a> {
             .collect()
     }
 
+    /// Applies `op` to both sides: here as root, or for [`Op::AsOther`] in a child
+    /// process as the second user.
+    fn apply_both(&mut self, op: &Op) -> [Outcome; 2] {
+        let Op::AsOther { umask, op } = op else {
+            let canary = &self.canary;
+            return self.sides.each_mut().map(|side| side.apply(op, canary));
+        };
+        let (sides, canary) = (&mut self.sides, &self.canary);
+        let wire = User::alice().run(|| {
+            // SAFETY: cannot fail; the child's own umask.
+            unsafe { libc::umask(umask.0) };
+            sides.each_mut().map(|side| to_wire(side.apply(op, canary)))
+        });
+        wire.map(from_wire)
+    }
+
     fn step(&mut self, op: &Op) -> Result<(), Mismatch> {
         if let Op::Remount = op {
             self.remount()?;
             return self.compare_trees("comparison after remount");
         }
-        let ours = self.sides[XTSFS].apply(op, &self.canary);
-        let theirs = self.sides[REFERENCE].apply(op, &self.canary);
+        let times_before = match op.inner() {
+            Op::Utimens { path, follow, .. } => Some(
+                self.sides
+                    .each_ref()
+                    .map(|side| times_of(&side.path(path), *follow)),
+            ),
+            _ => None,
+        };
+        let started = SystemTime::now();
+        let [ours, theirs] = self.apply_both(op);
+        let ended = SystemTime::now();
         let counts = self.tally.entry(op_kind(op)).or_default();
         match &theirs {
             Ok(_) => counts.0 += 1,
@@ -1370,7 +2094,69 @@ impl<'a> Run<'a> {
                 what: format!("results differ: xtsfs {ours:?}, reference {theirs:?} {detail}"),
             });
         }
+        if let (Some(before), Op::Utimens { .. }) = (times_before, op.inner()) {
+            self.check_times(op, &before, theirs.is_ok(), (started, ended))?;
+        }
         self.spot_check(op)
+    }
+
+    /// After a utimensat, each side's times are what was asked for: a given time exactly,
+    /// UTIME_OMIT's unchanged, UTIME_NOW's within the op's wall-clock window, and after
+    /// a failure both unchanged. The sides' own times differ (files were not made at the
+    /// same instant), so what is compared is whether each side did as asked.
+    fn check_times(
+        &self,
+        op: &Op,
+        before: &[Result<[(i64, i64); 2], Errno>; 2],
+        succeeded: bool,
+        (started, ended): (SystemTime, SystemTime),
+    ) -> Result<(), Mismatch> {
+        let Op::Utimens {
+            path,
+            atime,
+            mtime,
+            follow,
+        } = op.inner()
+        else {
+            return Ok(());
+        };
+        let since_epoch = |t: SystemTime| {
+            let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+            (d.as_secs() as i64, i64::from(d.subsec_nanos()))
+        };
+        let window = (
+            since_epoch(started - CLOCK_SLACK),
+            since_epoch(ended + CLOCK_SLACK),
+        );
+        let after = self
+            .sides
+            .each_ref()
+            .map(|side| times_of(&side.path(path), *follow));
+        let verdicts: Vec<_> = (0..2)
+            .map(|side| {
+                let (Ok(before), Ok(after)) = (&before[side], &after[side]) else {
+                    return None;
+                };
+                let specs = [*atime, *mtime];
+                Some([0, 1].map(|i| match specs[i] {
+                    _ if !succeeded => after[i] == before[i],
+                    TimeSpec::Omit => after[i] == before[i],
+                    TimeSpec::At(sec, nsec) => after[i] == (sec, nsec),
+                    TimeSpec::Now => window.0 <= after[i] && after[i] <= window.1,
+                }))
+            })
+            .collect();
+        if verdicts[XTSFS] == verdicts[REFERENCE] {
+            return Ok(());
+        }
+        Err(Mismatch {
+            class: format!("{}: times", op_kind(op)),
+            what: format!(
+                "after the op, whether (atime, mtime) are as asked: xtsfs {:?}, reference {:?}; \
+                 times before: {before:?}, after: {after:?}, window {window:?}",
+                verdicts[XTSFS], verdicts[REFERENCE]
+            ),
+        })
     }
 
     /// Right after an op, the paths it named and the bytes it changed must agree, so a
@@ -1388,6 +2174,22 @@ impl<'a> Run<'a> {
                         stats[XTSFS],
                         stats[REFERENCE],
                         KERNEL_CACHE_TTL.as_secs_f32()
+                    ),
+                });
+            }
+        }
+        if let Op::SetXattr { path, .. } | Op::RemoveXattr { path, .. } = op.inner() {
+            let found = self.sides.each_ref().map(|side| xattrs(&side.path(path)));
+            if found[XTSFS] != found[REFERENCE] {
+                let shown = found.each_ref().map(|f| match f {
+                    Ok(xattrs) => shown_xattrs(xattrs),
+                    Err(e) => format!("{e:?}"),
+                });
+                return Err(Mismatch {
+                    class: format!("{}: xattrs", op_kind(op)),
+                    what: format!(
+                        "after the op, the attributes of {path:?} are xtsfs {}, reference {}",
+                        shown[XTSFS], shown[REFERENCE]
                     ),
                 });
             }
@@ -1566,6 +2368,15 @@ fn run_seed(seed: u64, ops: usize, start: Start) {
         !find_plaintext(&run.sides[REFERENCE].root, &run.canary).is_empty(),
         "the canary is in the clear on the reference side, so the search can find it"
     );
+    assert!(
+        !find_plaintext_xattrs(&run.sides[REFERENCE].root, &run.canary).is_empty(),
+        "the canary is in the reference's attributes, so the search can find it"
+    );
+    let leaks = find_plaintext_xattrs(&run.mount.backing, &run.canary);
+    assert!(
+        leaks.is_empty(),
+        "seed {seed:#x}: the canary is in the clear in backing attributes: {leaks:?}"
+    );
     let leaks = find_plaintext(&run.mount.backing, &run.canary);
     assert!(
         leaks.is_empty(),
@@ -1599,7 +2410,34 @@ fn final_canary_ops(canary: &[u8]) -> Vec<Op> {
             target: RelPath(canary.to_vec()),
             path: RelPath([short.0.as_slice(), b"-link"].concat()),
         },
+        Op::SetXattr {
+            path: short,
+            name: XattrName([b"user.".as_slice(), canary].concat()),
+            len: MAX_XATTR_VALUE,
+            fill: Fill::Canary,
+            flags: XattrFlags(0),
+        },
     ]
+}
+
+/// Every place under `dir` where `needle` occurs in an extended attribute's name or value.
+fn find_plaintext_xattrs(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let contains = |haystack: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        for (name, value) in xattrs(&path).unwrap_or_default() {
+            if contains(&name) || contains(&value) {
+                hits.push(format!("{}: {}", path.display(), Shown(&name)));
+            }
+        }
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            for entry in fs::read_dir(&path).expect("list backing dir") {
+                stack.push(entry.expect("backing entry").path());
+            }
+        }
+    }
+    hits
 }
 
 /// Whether the xtsfs side diverged because its mount went away: a daemon that died, or

@@ -167,6 +167,26 @@ impl CallerIds {
         self.capable(CAP_FSETID)
     }
 
+    /// Whether `gid` is the caller's group or one of its supplementary groups, read from
+    /// /proc (only for a file with set-group-ID and no group execute). A process that is
+    /// gone is in its own group only.
+    pub fn in_group(self, gid: u32) -> bool {
+        if self.gid == gid {
+            return true;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid));
+        status.ok().is_some_and(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Groups:"))
+                .is_some_and(|groups| {
+                    groups
+                        .split_whitespace()
+                        .any(|g| g.parse::<u32>() == Ok(gid))
+                })
+        })
+    }
+
     /// Whether the caller sees `trusted.` attributes, which takes CAP_SYS_ADMIN.
     pub fn sees_trusted(self) -> bool {
         self.capable(CAP_SYS_ADMIN)
@@ -190,13 +210,14 @@ impl CallerIds {
     }
 }
 
-/// The mode a write or truncate by a caller without CAP_FSETID leaves: set-user-ID
-/// cleared, and set-group-ID cleared where group execute marks it as such (without
-/// group execute it marks mandatory locking and stays). `None` when nothing changes.
-pub fn mode_without_setid(mode: u32) -> Option<u32> {
+/// The mode a write or truncate by a caller without CAP_FSETID leaves, as Linux
+/// (`setattr_should_drop_sgid`, 6.2 on) leaves it: set-user-ID cleared; set-group-ID
+/// cleared where group execute is set, and without group execute too unless the caller
+/// is in the file's group (`in_group`, asked only then). `None` when nothing changes.
+pub fn mode_without_setid(mode: u32, in_group: impl FnOnce() -> bool) -> Option<u32> {
     let mut kept = mode & 0o7777;
     kept &= !libc::S_ISUID;
-    if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !in_group()) {
         kept &= !libc::S_ISGID;
     }
     (kept != mode & 0o7777).then_some(kept)

@@ -59,6 +59,31 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(raw) })
 }
 
+/// [`reopen`] with O_NOATIME: the daemon's own reads of a backing file (its header, the
+/// rest of a unit a write only partly covers) must not move the file's access time,
+/// which the mount reports as the plaintext file's. Reads a user makes through the mount
+/// mark the file accessed separately (`XtsFs::read`). Without CAP_FOWNER, O_NOATIME is
+/// refused for another user's file: then without it.
+pub fn reopen_quiet(fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
+    match reopen(fd, flags | libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => reopen(fd, flags),
+        result => result,
+    }
+}
+
+/// [`open_at`] with O_NOATIME, as for [`reopen_quiet`].
+pub fn open_at_quiet(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: i32,
+    mode: u32,
+) -> io::Result<OwnedFd> {
+    match open_at(dir, name, flags | libc::O_NOATIME, mode) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open_at(dir, name, flags, mode),
+        result => result,
+    }
+}
+
 pub fn stat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: empty path with AT_EMPTY_PATH stats the fd itself; st is written on success.

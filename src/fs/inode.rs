@@ -78,7 +78,7 @@ impl Node {
             return format;
         }
         let mut bytes = [0u8; FILE_HEADER_LEN];
-        let header = super::backing::reopen(self.fd(), libc::O_RDONLY | libc::O_NONBLOCK)
+        let header = super::backing::reopen_quiet(self.fd(), libc::O_RDONLY | libc::O_NONBLOCK)
             .and_then(|file| file.read_exact_at(&mut bytes, 0))
             .ok()
             .and_then(|()| FileHeader::decode(&bytes).ok());

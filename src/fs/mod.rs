@@ -173,14 +173,15 @@ impl XtsFs {
     /// cache and direct I/O alike, truncates and O_TRUNC opens; the kernel's own
     /// clearing (a setattr before a cached write or a truncate) then finds nothing left.
     fn drop_setid(&self, node: &Node, caller: CallerIds) -> Result<(), Errno> {
-        if attr::mode_without_setid(node.last_mode()).is_none() || caller.keeps_setid() {
+        let setid = libc::S_ISUID | libc::S_ISGID;
+        if node.last_mode() & setid == 0 || caller.keeps_setid() {
             return Ok(());
         }
         let st = backing::stat(node.fd()).map_err(Errno::from)?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Ok(());
         }
-        if let Some(mode) = attr::mode_without_setid(st.st_mode) {
+        if let Some(mode) = attr::mode_without_setid(st.st_mode, || caller.in_group(st.st_gid)) {
             backing::chmod(node.fd(), mode).map_err(Errno::from)?;
             node.note_mode(st.st_mode & libc::S_IFMT | mode);
         }
@@ -237,7 +238,7 @@ impl XtsFs {
             let file = match handle.as_deref().and_then(Handle::file) {
                 Some(file) => file,
                 None => {
-                    opened = backing::reopen(node.fd(), libc::O_RDWR).map_err(Errno::from)?;
+                    opened = backing::reopen_quiet(node.fd(), libc::O_RDWR).map_err(Errno::from)?;
                     &opened
                 }
             };
@@ -400,7 +401,7 @@ impl XtsFs {
     ) -> Result<(Entry, Opened), Errno> {
         let mut created = None;
         let entry = self.make_entry(parent, name, caller, umask, |dir, entry| {
-            let fd = backing::open_at(
+            let fd = backing::open_at_quiet(
                 dir,
                 entry,
                 libc::O_CREAT | libc::O_RDWR | (flags & libc::O_EXCL),
@@ -487,7 +488,7 @@ impl XtsFs {
         } else {
             libc::O_RDONLY
         };
-        let file = backing::reopen(node.fd(), access).map_err(Errno::from)?;
+        let file = backing::reopen_quiet(node.fd(), access).map_err(Errno::from)?;
         // A damaged file fails to open: its size may read as 0, so the kernel would never
         // send the read that reports the damage.
         self.read_contents(&node, &file, &secrets, |_, _| Ok(()))?;
@@ -514,7 +515,7 @@ impl XtsFs {
         let secrets = self.keyring.get()?;
         let handle = self.handles.get(fh)?;
         let (node, file) = (handle.node(), handle.file().ok_or(Errno::EISDIR)?);
-        self.read_contents(node, file, &secrets, |contents, len| match contents {
+        let range = self.read_contents(node, file, &secrets, |contents, len| match contents {
             Some(contents) => contents
                 .read(offset, size as usize, len, buf)
                 .map_err(Errno::from),
@@ -524,7 +525,36 @@ impl XtsFs {
                 buf.resize(n, 0);
                 Ok(0..n)
             }
-        })
+        })?;
+        self.mark_accessed(node, file);
+        Ok(range)
+    }
+
+    /// A read through the mount marks the file accessed, as a read of a local file does;
+    /// the daemon's own reads of the backing file do not (they go through O_NOATIME
+    /// handles, [`backing::reopen_quiet`]). Only when relatime would update the access time
+    /// (it is not after the last change, or a day old), by a one-byte read through a
+    /// handle without O_NOATIME, so the backing mount's own atime policy decides.
+    fn mark_accessed(&self, node: &Node, file: &File) {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        if self.options.read_only {
+            return;
+        }
+        let Ok(meta) = file.metadata() else {
+            return;
+        };
+        let atime = (meta.atime(), meta.atime_nsec());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let stale = atime <= (meta.mtime(), meta.mtime_nsec())
+            || atime <= (meta.ctime(), meta.ctime_nsec())
+            || now - atime.0 >= 24 * 60 * 60;
+        if stale {
+            if let Ok(plain) = backing::reopen(node.fd(), libc::O_RDONLY | libc::O_NONBLOCK) {
+                let _ = plain.read_at(&mut [0u8; 1], 0);
+            }
+        }
     }
 
     pub fn write(
