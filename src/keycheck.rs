@@ -21,7 +21,7 @@ use crate::audit::{Audit, AuditEvent};
 use crate::crypto::VolumeKey;
 use crate::error::Error;
 use crate::fs::{VolumeSecrets, XtsFs};
-use crate::keys::{wrap_checked, KeyContext, KeyDescription, KeyError, KeyProvider, KeyRef};
+use crate::keys::{wrap_checked, KeyContext, KeyError, KeyProvider, KeyRef};
 use crate::live::{CheckReport, LiveStatus, ServingState};
 use crate::volume::{self, header::HeaderBody, RecordUse, HEADER_FILE};
 
@@ -67,11 +67,9 @@ pub struct Checked {
     rotation: Option<Rotation>,
 }
 
-/// An attempt to follow the newest key version.
+/// The header a successful auto-rotation wrote (already audited by the check).
 struct Rotation {
-    newest: KeyDescription,
-    detail: String,
-    result: Result<Option<HeaderBody>, Error>,
+    header: HeaderBody,
 }
 
 /// Whether an error is a definite answer about the key (denied, gone, wrong, a refused
@@ -129,6 +127,7 @@ struct Progress {
 
 /// The part of the monitor a check worker needs.
 struct CheckJob {
+    audit: Arc<Audit>,
     backing: PathBuf,
     keys: KeyContext,
     key_override: Option<KeyRef>,
@@ -213,6 +212,7 @@ impl KeyMonitor {
         let mut keys = self.keys.clone();
         keys.call_timeout = Some(self.timeout);
         let job = CheckJob {
+            audit: self.audit.clone(),
             backing: self.backing.clone(),
             keys,
             key_override: self.key_override.clone(),
@@ -380,27 +380,8 @@ impl KeyMonitor {
     }
 
     fn record_rotation(&mut self, rotation: Rotation) {
-        match rotation.result {
-            Ok(Some(new)) => {
-                self.audit.record(
-                    &self.status.volume_id,
-                    AuditEvent::AutoRotate,
-                    Some(&new.protector.key),
-                    None,
-                    Some(&rotation.detail),
-                );
-                self.status.header_epoch = new.epoch;
-                self.status.protector = Some(new.protector.key);
-            }
-            Ok(None) => {}
-            Err(e) => self.audit.record(
-                &self.status.volume_id,
-                AuditEvent::AutoRotate,
-                Some(&rotation.newest),
-                Some(&e),
-                Some(&rotation.detail),
-            ),
-        }
+        self.status.header_epoch = rotation.header.epoch;
+        self.status.protector = Some(rotation.header.protector.key);
     }
 }
 
@@ -505,10 +486,29 @@ impl CheckJob {
                     protector,
                 )
             });
-        Some(Rotation {
-            newest,
-            detail,
-            result,
-        })
+        // Audited here, as soon as the header is written, whatever becomes of the check.
+        match result {
+            Ok(Some(new)) => {
+                self.audit.record(
+                    &self.volume_id,
+                    AuditEvent::AutoRotate,
+                    Some(&new.protector.key),
+                    None,
+                    Some(&detail),
+                );
+                Some(Rotation { header: new })
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.audit.record(
+                    &self.volume_id,
+                    AuditEvent::AutoRotate,
+                    Some(&newest),
+                    Some(&e),
+                    Some(&detail),
+                );
+                None
+            }
+        }
     }
 }

@@ -297,14 +297,17 @@ fn mounted_volume_follows_a_rotated_platform_key() {
     fs::write(m.path("f"), b"survives rotation").unwrap();
     assert_success(&env.xtsfs(&["platform-key", "rotate", "default"]), "rotate");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while live_state(&env, &m.mountpoint)["protector"]["key_version"] != "2" {
+    // The header is replaced first, then the host's record of it is committed, then the
+    // rotation is audited: wait for all three.
+    while live_state(&env, &m.mountpoint)["protector"]["key_version"] != "2"
+        || !has_event(&audit_events(&audit), "auto-rotate", "success")
+    {
         assert!(
             Instant::now() < deadline,
-            "the mount never rewrapped onto version 2"
+            "the mount never rewrapped onto version 2 (or never audited it)"
         );
         std::thread::sleep(Duration::from_millis(25));
     }
-    assert!(has_event(&audit_events(&audit), "auto-rotate", "success"));
     assert_eq!(fs::read(m.path("f")).unwrap(), b"survives rotation");
     m.remount();
     assert_eq!(fs::read(m.path("f")).unwrap(), b"survives rotation");
