@@ -17,6 +17,7 @@ PACKAGES=(
     procps kmod                   # pgrep/pkill, modprobe
     jq                            # the KMS test program and docs/examples parse JSON
     python3-cryptography          # tests compare the XTS core with OpenSSL's own XTS
+    systemd                       # systemd-analyze checks the units in contrib/systemd
 )
 
 say() { printf 'setup: %s\n' "$*"; }

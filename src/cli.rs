@@ -1,11 +1,11 @@
 //! Command-line options. Clap types stop here: [`Opts::into_config`] turns them into the
 //! validated [`Config`] that the rest of the crate takes.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
-
-use clap::{Parser, Subcommand};
-
 use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands::{
     Command, Config, FsckConfig, InitConfig, PlatformKeyAction, RewrapConfig, Settings,
@@ -207,12 +207,165 @@ enum Sub {
         #[command(subcommand)]
         action: PlatformKeyCmd,
     },
+    /// Print the man page (xtsfs.1) or a shell completion script, made from these
+    /// definitions; scripts/install.sh installs them.
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: Generated,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Generated {
+    Man,
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// The man page or completion script `what`, for this command line.
+fn generate(what: Generated) -> Result<Vec<u8>, Error> {
+    let mut command = Opts::command();
+    let mut out = Vec::new();
+    let shell = match what {
+        Generated::Man => {
+            clap_mangen::Man::new(command)
+                .render(&mut out)
+                .map_err(Error::io("cannot render the man page", "xtsfs.1"))?;
+            return Ok(out);
+        }
+        Generated::Bash => clap_complete::Shell::Bash,
+        Generated::Zsh => clap_complete::Shell::Zsh,
+        Generated::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut command, "xtsfs", &mut out);
+    Ok(out)
+}
+
+/// Options that mount(8), systemd and fstab use for themselves; xtsfs accepts and ignores
+/// them (mount.fuse3 already drops some).
+const MOUNT_TOOL_OPTIONS: &[&str] = &[
+    "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "nofail", "_netdev",
+    "comment",
+];
+
+/// The command line, with mount(8)'s calling form turned into `xtsfs mount`.
+///
+/// For a file system of type `fuse.xtsfs` (`mount -t fuse.xtsfs`, an fstab line, a
+/// systemd `.mount` unit), mount(8) runs mount.fuse3, which runs
+/// `xtsfs BACKING MOUNTPOINT -o OPTIONS`. Every flag of `xtsfs mount` and every global
+/// flag has an `-o` spelling: its long name with `_` for `-` (`allow_other`,
+/// `key_check_interval=30s`, `key=pem:/etc/xtsfs/key.pem`); `ro` is `--read-only`; the
+/// generic mount flags (`noatime`, `noexec`, ...) pass through; the options of mount(8)
+/// and systemd (`nofail`, `_netdev`, `x-systemd.*`, ...) are ignored. An unknown option
+/// is a usage error that names it.
+pub fn args(args: Vec<OsString>) -> Result<Vec<OsString>, Error> {
+    let command = Opts::command();
+    let is_subcommand = |arg: &OsString| {
+        let arg = arg.to_string_lossy();
+        arg == "help" || command.find_subcommand(arg.as_ref()).is_some()
+    };
+    let helper_form =
+        args.len() >= 3 && !args[1].to_string_lossy().starts_with('-') && !is_subcommand(&args[1]);
+    if !helper_form {
+        return Ok(args);
+    }
+    let mut options = Vec::new();
+    let mut rest = args[3..].iter();
+    while let Some(arg) = rest.next() {
+        let text = arg.to_string_lossy();
+        match text.strip_prefix("-o") {
+            Some("") => options.extend(rest.next().map(|o| o.to_string_lossy().into_owned())),
+            Some(inline) => options.push(inline.to_string()),
+            None => {
+                return Err(Error::Usage(format!(
+                    "unexpected argument '{text}': mount(8) runs xtsfs as \
+                     'xtsfs BACKING MOUNTPOINT -o OPTIONS'"
+                )))
+            }
+        }
+    }
+    let mount = command
+        .find_subcommand("mount")
+        .ok_or_else(|| Error::Usage("no mount command".into()))?;
+    let (mut flags, mut passed) = (Vec::new(), Vec::new());
+    for option in options.iter().flat_map(|o| o.split(',')) {
+        let (name, value) = match option.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (option, None),
+        };
+        if name.is_empty() || MOUNT_TOOL_OPTIONS.contains(&name) || name.starts_with("x-") {
+            continue;
+        }
+        if name == "ro" {
+            flags.push("--read-only".to_string());
+            continue;
+        }
+        if value.is_none() && crate::mount::mount_flag(name).is_some() {
+            passed.push(name);
+            continue;
+        }
+        let long = name.replace('_', "-");
+        let arg = mount
+            .get_arguments()
+            .chain(command.get_arguments())
+            .filter(|a| !matches!(a.get_id().as_str(), "foreground" | "options" | "help"))
+            .find(|a| a.get_long() == Some(long.as_str()))
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "unknown mount option '{name}' (every flag of 'xtsfs mount' is an option: \
+                     --key-check-interval is key_check_interval=...; see xtsfs mount --help)"
+                ))
+            })?;
+        match (arg.get_action().takes_values(), value) {
+            (true, Some(value)) => flags.push(format!("--{long}={value}")),
+            (false, None) => flags.push(format!("--{long}")),
+            (true, None) => {
+                return Err(Error::Usage(format!(
+                    "mount option '{name}' needs a value ({name}=...)"
+                )))
+            }
+            (false, Some(_)) => {
+                return Err(Error::Usage(format!(
+                    "mount option '{name}' takes no value"
+                )))
+            }
+        }
+    }
+    let mut translated = vec![
+        args[0].clone(),
+        "mount".into(),
+        args[1].clone(),
+        args[2].clone(),
+    ];
+    translated.extend(flags.into_iter().map(OsString::from));
+    if !passed.is_empty() {
+        translated.push("-o".into());
+        translated.push(passed.join(",").into());
+    }
+    Ok(translated)
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum KeyLossArg {
     Lock,
     Alert,
+}
+
+/// `-o` options of `xtsfs mount`: generic mount flags only (noatime, noexec, ...); `ro`
+/// is --read-only.
+fn checked_mount_options(options: Vec<String>) -> Result<Vec<String>, Error> {
+    match options
+        .iter()
+        .find(|o| crate::mount::mount_flag(o).is_none())
+    {
+        Some(unknown) => Err(Error::Usage(format!(
+            "unknown mount option '{unknown}' (-o takes generic mount flags: noatime, \
+             nodiratime, noexec, sync, dirsync, ro, rw, ...)"
+        ))),
+        None => Ok(options),
+    }
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
@@ -334,12 +487,12 @@ impl Opts {
                 ephemeral,
                 direct_io,
             } => Command::Mount(MountConfig {
+                read_only: read_only || options.iter().any(|o| o == "ro"),
+                options: checked_mount_options(options)?,
                 backing,
                 mountpoint,
                 foreground,
                 allow_other,
-                read_only: read_only || options.iter().any(|o| o == "ro"),
-                options,
                 key: parse_opt(key)?,
                 threads: threads.into(),
                 log_file,
@@ -361,6 +514,7 @@ impl Opts {
                 PlatformKeyCmd::List => PlatformKeyAction::List,
                 PlatformKeyCmd::Rotate { id } => PlatformKeyAction::Rotate(id),
             }),
+            Sub::Generate { what } => Command::Print(generate(what)?),
         };
         Ok(Config {
             verbosity: self.verbose,

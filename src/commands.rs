@@ -37,6 +37,9 @@ pub enum Command {
     PlatformKey(PlatformKeyAction),
     Mount(MountConfig),
     Unmount(UnmountConfig),
+    /// Bytes to write to standard output as they are: a generated man page or
+    /// completion script.
+    Print(Vec<u8>),
 }
 
 pub struct InitConfig {
@@ -112,6 +115,12 @@ fn dispatch(command: Command, settings: &Settings) -> Result<(), Error> {
         Command::PlatformKey(action) => platform_key(action, &settings.keys),
         Command::Mount(c) => mount::mount(&c, settings),
         Command::Unmount(c) => mount::unmount(&c),
+        Command::Print(bytes) => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(&bytes)
+                .map_err(Error::io("cannot write", "standard output"))
+        }
     }
 }
 

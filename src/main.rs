@@ -1,8 +1,8 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let result = xtsfs::cli::Opts::parse()
-        .into_config()
+    let result = xtsfs::cli::args(std::env::args_os().collect())
+        .and_then(|args| xtsfs::cli::Opts::parse_from(args).into_config())
         .and_then(xtsfs::commands::run);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -527,15 +527,20 @@ fn mount_fuse(backing: &Path, mountpoint: &Path, config: &MountConfig) -> std::i
     Ok(OwnedFd::from(dev))
 }
 
-fn mount_flag(option: &str) -> Option<libc::c_ulong> {
+/// The mount(2) flag a generic mount option sets; `None` for an option that is not one.
+/// xtsfs mounts are always nodev and nosuid: `dev` and `suid`, which mount(8) adds for
+/// `defaults`, change nothing.
+pub(crate) fn mount_flag(option: &str) -> Option<libc::c_ulong> {
     Some(match option {
         "ro" => libc::MS_RDONLY,
         "noatime" => libc::MS_NOATIME,
         "nodiratime" => libc::MS_NODIRATIME,
+        "strictatime" => libc::MS_STRICTATIME,
         "noexec" => libc::MS_NOEXEC,
         "sync" => libc::MS_SYNCHRONOUS,
         "dirsync" => libc::MS_DIRSYNC,
-        "rw" | "atime" | "exec" | "async" | "nosuid" | "nodev" => 0,
+        "rw" | "atime" | "relatime" | "diratime" | "exec" | "async" | "nosuid" | "nodev"
+        | "dev" | "suid" => 0,
         _ => return None,
     })
 }
