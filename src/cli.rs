@@ -7,15 +7,13 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::commands::{
-    Command, Config, FsckConfig, InitConfig, PlatformKeyAction, RewrapConfig, Settings,
-    StatusConfig, UpgradeConfig,
+use crate::config::{
+    Command, Config, FsckConfig, InitConfig, MountConfig, OnKeyLoss, PlatformKeyAction,
+    RewrapConfig, Settings, StatusConfig, UnmountConfig, UpgradeConfig, DEFAULT_THREADS,
 };
 use crate::error::{Error, ExitCode};
-use crate::keycheck::OnKeyLoss;
 use crate::keys::{KeyContext, KeyRef};
 use crate::live;
-use crate::mount::{MountConfig, UnmountConfig};
 use crate::volume::header::VolumeFormat;
 
 #[derive(Debug, Parser)]
@@ -165,7 +163,7 @@ enum Sub {
         #[arg(long)]
         key: Option<String>,
         /// FUSE request threads.
-        #[arg(long, default_value_t = crate::mount::DEFAULT_THREADS, value_parser = clap::value_parser!(u16).range(1..=64))]
+        #[arg(long, default_value_t = DEFAULT_THREADS, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: u16,
         /// Where the background daemon logs (default: nowhere).
         #[arg(long)]

@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::audit::{Audit, AuditEvent};
+use crate::config::OnKeyLoss;
 use crate::crypto::VolumeKey;
 use crate::error::Error;
 use crate::fs::{VolumeSecrets, XtsFs};
@@ -33,24 +34,6 @@ pub const DEFAULT_UNAVAILABLE_GRACE: Duration = Duration::from_secs(300);
 /// The first retry after an answer that is not definite; retries then double up to the
 /// interval.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
-
-/// What to do when a check finds the key unreachable or denied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnKeyLoss {
-    /// Flush, forget every key, and answer EACCES until the key is back.
-    Lock,
-    /// Keep serving and alert at every check.
-    Alert,
-}
-
-impl OnKeyLoss {
-    pub fn name(self) -> &'static str {
-        match self {
-            OnKeyLoss::Lock => "lock",
-            OnKeyLoss::Alert => "alert",
-        }
-    }
-}
 
 /// Messages to the monitor thread.
 pub enum MonitorRequest {

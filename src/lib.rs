@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod fs;

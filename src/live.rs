@@ -27,6 +27,18 @@ pub enum ServingState {
     Degraded,
 }
 
+impl ServingState {
+    /// The state's name, as in the JSON status.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServingState::Serving => "serving",
+            ServingState::Locked => "locked",
+            ServingState::Alert => "alert",
+            ServingState::Degraded => "degraded",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckReport {
     pub at: String,
@@ -166,4 +178,22 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     // The command name (field 2) is in parentheses and may hold spaces or parentheses.
     let after_name = &stat[stat.rfind(')')? + 1..];
     after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServingState;
+
+    #[test]
+    fn state_names_are_the_json_names() {
+        for state in [
+            ServingState::Serving,
+            ServingState::Locked,
+            ServingState::Alert,
+            ServingState::Degraded,
+        ] {
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.name()));
+        }
+    }
 }

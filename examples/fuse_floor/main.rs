@@ -303,7 +303,7 @@ fn run() -> std::io::Result<()> {
     let (handshake, handshake_done) = mpsc::channel();
     let mut config = fuser::Config::default();
     config.mount_options = vec![MountOption::FSName("fuse-floor".into())];
-    config.n_threads = Some(xtsfs::mount::DEFAULT_THREADS.into());
+    config.n_threads = Some(xtsfs::config::DEFAULT_THREADS.into());
     config.clone_fd = true;
     let fuse_floor = FuseFloor {
         floor: floor.clone(),

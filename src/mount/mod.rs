@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use fuser::{MountOption, SessionACL};
 
 use crate::audit::{Audit, AuditEvent};
-use crate::commands::Settings;
+use crate::config::{MountConfig, Settings, UnmountConfig};
 use crate::crypto::VolumeKey;
 use crate::error::{Error, ExitCode};
 use crate::fs::adapter::FuseAdapter;
 use crate::fs::{FsOptions, Keyring, VolumeSecrets, XtsFs};
-use crate::keycheck::{KeyMonitor, MonitorRequest, OnKeyLoss};
-use crate::keys::{KeyDescription, KeyError, KeyRef};
+use crate::keycheck::{KeyMonitor, MonitorRequest};
+use crate::keys::{KeyDescription, KeyError};
 use crate::live::{self, LiveStatus, ServingState};
 use crate::volume::header::VolumeFormat;
 use crate::volume::{self, TREE_DIR};
@@ -34,38 +34,6 @@ const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 const READAHEAD_KIB: u32 = 1024;
 /// How long unmount waits for the key monitor to stop.
 const MONITOR_STOP_WAIT: Duration = Duration::from_secs(2);
-/// FUSE request threads unless `--threads` says otherwise.
-pub const DEFAULT_THREADS: u16 = 4;
-
-#[derive(Debug, Clone)]
-pub struct MountConfig {
-    pub backing: PathBuf,
-    pub mountpoint: PathBuf,
-    pub foreground: bool,
-    pub allow_other: bool,
-    pub read_only: bool,
-    pub options: Vec<String>,
-    pub key: Option<KeyRef>,
-    pub threads: usize,
-    pub log_file: Option<PathBuf>,
-    pub key_check_interval: Duration,
-    /// The deadline of one key check; `None`: the interval, at most 30 s.
-    pub key_check_timeout: Option<Duration>,
-    /// How long answers that are not definite (timeouts, "unavailable") are retried, the
-    /// volume still serving, before `on_key_loss` applies.
-    pub key_unavailable_grace: Duration,
-    pub on_key_loss: OnKeyLoss,
-    /// A volume with a random in-memory key and no header, removed at unmount.
-    pub ephemeral: bool,
-    /// Every open file bypasses the kernel page cache.
-    pub direct_io: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct UnmountConfig {
-    pub mountpoint: PathBuf,
-    pub lazy: bool,
-}
 
 pub fn mount(config: &MountConfig, settings: &Settings) -> Result<(), Error> {
     match std::env::var(READY_FD_ENV)
