@@ -22,7 +22,7 @@ use crate::volume::header::VolumeFormat;
     version,
     about = "AES-256-XTS encrypted FUSE filesystem with platform- and customer-managed keys"
 )]
-#[command(after_help = ExitCode::HELP)]
+#[command(after_help = ExitCode::help())]
 pub struct Opts {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

@@ -23,9 +23,41 @@ pub enum ExitCode {
 }
 
 impl ExitCode {
-    pub const HELP: &'static str = "Exit codes: 0 success, 1 other failure (I/O), 2 usage error, \
-3 key error (missing, unreadable, unsupported, wrong or denied key), \
-4 volume error (not a volume, corrupt header, backing not empty), 5 mount or unmount failed.";
+    /// Every exit code, in order: the one list the help text and the decoding use.
+    pub const ALL: [ExitCode; 6] = [
+        ExitCode::Success,
+        ExitCode::Failure,
+        ExitCode::Usage,
+        ExitCode::Key,
+        ExitCode::Volume,
+        ExitCode::Mount,
+    ];
+
+    /// What the code means, for `xtsfs --help`.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            ExitCode::Success => "success",
+            ExitCode::Failure => "other failure (I/O)",
+            ExitCode::Usage => "usage error",
+            ExitCode::Key => "key error (missing, unreadable, unsupported, wrong or denied key)",
+            ExitCode::Volume => "volume error (not a volume, corrupt header, backing not empty)",
+            ExitCode::Mount => "mount or unmount failed",
+        }
+    }
+
+    /// The exit code whose number is `code`.
+    pub fn from_code(code: u8) -> Option<ExitCode> {
+        Self::ALL.into_iter().find(|c| *c as u8 == code)
+    }
+
+    /// "Exit codes: 0 success, 1 ...", made from [`ExitCode::ALL`].
+    pub fn help() -> String {
+        let codes: Vec<String> = Self::ALL
+            .iter()
+            .map(|c| format!("{} {}", *c as u8, c.meaning()))
+            .collect();
+        format!("Exit codes: {}.", codes.join(", "))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,4 +161,18 @@ impl Error {
             Error::Io { .. } => None,
         }
     }
+}
+
+/// `text` with every control character (terminal escapes, newlines) shown escaped: what
+/// comes from a header, a KMS or the backing directory never drives the terminal.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }

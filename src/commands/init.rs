@@ -1,8 +1,8 @@
 //! `xtsfs init`: a new volume.
 
-use super::printable;
 use crate::audit::{Audit, AuditEvent};
 use crate::config::{InitConfig, Settings};
+use crate::error::printable;
 use crate::error::Error;
 use crate::volume;
 

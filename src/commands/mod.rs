@@ -11,7 +11,7 @@ mod upgrade;
 use std::path::Path;
 
 use crate::config::{Command, Config, Settings};
-use crate::error::Error;
+use crate::error::{printable, Error};
 use crate::live::{self, LiveStatus};
 use crate::mount;
 use crate::process;
@@ -27,19 +27,6 @@ pub fn run(config: Config) -> Result<(), Error> {
         message: printable(&e.to_string()),
         hint: e.hint().map(|h| printable(&h)),
     })
-}
-
-/// `text` with every control character (terminal escapes, newlines) shown escaped.
-pub fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 fn dispatch(command: Command, settings: &Settings) -> Result<(), Error> {

@@ -1,9 +1,10 @@
 //! `xtsfs rewrap`: the data key under another key-encryption key; a mounted volume is
 //! asked to check its key at once.
 
-use super::{live_status, printable};
+use super::live_status;
 use crate::audit::{Audit, AuditEvent};
 use crate::config::{RewrapConfig, Settings};
+use crate::error::printable;
 use crate::error::Error;
 use crate::keys::KeyError;
 use crate::live::ServingState;

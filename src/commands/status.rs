@@ -3,8 +3,9 @@
 
 use serde::Serialize;
 
-use super::{live_status, printable};
+use super::live_status;
 use crate::config::{Settings, StatusConfig};
+use crate::error::printable;
 use crate::error::Error;
 use crate::live::LiveStatus;
 use crate::mount;
