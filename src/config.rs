@@ -1,6 +1,6 @@
 //! The validated configuration: what the command line asked for, in the crate's own
-//! types. [`crate::cli`] builds it from clap's; the commands and the mount daemon take
-//! it, and nothing below the command line sees clap.
+//! types. The command line (cli.rs) builds it from clap's; the commands and the mount
+//! daemon take it, and nothing below the command line sees clap.
 
 use std::path::PathBuf;
 use std::time::Duration;
