@@ -2,17 +2,26 @@
 //! backing tree goes relative to a directory fd with O_NOFOLLOW (or through an O_PATH fd
 //! that already names the object), so a symlink planted in the backing directory is
 //! never followed.
+//!
+//! This is the crate's one set of such wrappers: the filesystem, `xtsfs upgrade` and
+//! `xtsfs fsck` all reach the backing tree through them.
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
 
 const EMPTY: &CStr = c"";
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+/// The flags that open a directory to list it or to work in it.
+#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
+pub const DIR_FLAGS: i32 = libc::O_RDONLY | libc::O_DIRECTORY;
+
+/// A libc return value as an `io::Result`: negative is the thread's errno.
+pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -20,7 +29,8 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn cname(name: &OsStr) -> io::Result<CString> {
+/// A name as a C string; a name with a NUL byte is EINVAL.
+pub fn cname(name: &OsStr) -> io::Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
@@ -42,6 +52,35 @@ pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::
     })?;
     // SAFETY: fd was just returned by openat.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens the directory at `path` (following symlinks in it: the path is the user's own
+/// choice, the backing directory or a mount point).
+#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    let path = cname(path.as_os_str())?;
+    // SAFETY: NUL-terminated path; on success we own the returned fd.
+    let fd = cvt(unsafe { libc::open(path.as_ptr(), DIR_FLAGS | libc::O_CLOEXEC) })?;
+    // SAFETY: fd was just returned by open.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens the directory `relative` (to `tree`) one component at a time, so no component
+/// can be a symlink.
+#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
+pub fn open_dir_in(tree: BorrowedFd<'_>, relative: &Path) -> io::Result<OwnedFd> {
+    let mut dir = open_at(tree, OsStr::new("."), DIR_FLAGS, 0)?;
+    for component in relative.iter() {
+        dir = open_at(dir.as_fd(), component, DIR_FLAGS, 0)?;
+    }
+    Ok(dir)
+}
+
+/// Opens `name` to read it without moving its atime where we may ([`open_at_quiet`]).
+/// O_NONBLOCK: a FIFO swapped in never blocks the caller.
+#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
+pub fn open_read(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    open_at_quiet(dir, name, libc::O_RDONLY | libc::O_NONBLOCK, 0)
 }
 
 /// An O_PATH handle on a directory entry, not following a final symlink.
@@ -84,15 +123,27 @@ pub fn open_at_quiet(
     }
 }
 
+/// The status of the object an fd names (any fd, O_PATH included).
 pub fn stat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    fstatat(fd, EMPTY, libc::AT_EMPTY_PATH)
+}
+
+/// The status of `name` in `dir`, not following a final symlink.
+#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
+pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<libc::stat> {
+    fstatat(dir, &cname(name)?, 0)
+}
+
+fn fstatat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<libc::stat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: empty path with AT_EMPTY_PATH stats the fd itself; st is written on success.
+    // SAFETY: valid fd and NUL-terminated path (empty with AT_EMPTY_PATH: the fd itself);
+    // st is written on success.
     cvt(unsafe {
         libc::fstatat(
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
             st.as_mut_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            flags | libc::AT_SYMLINK_NOFOLLOW,
         )
     })?;
     // SAFETY: fstatat succeeded, so st is initialised.
@@ -120,12 +171,23 @@ pub fn symlink_at(target: &[u8], dir: BorrowedFd<'_>, name: &OsStr) -> io::Resul
 
 /// The target of the symlink an O_PATH fd names.
 pub fn readlink(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    readlinkat(fd, EMPTY)
+}
+
+/// The target of the symlink `name` in `dir` (never followed).
+#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
+pub fn readlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
+    readlinkat(dir, &cname(name)?)
+}
+
+fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize];
-    // SAFETY: buffer pointer and length are valid; empty path reads the fd's own link.
+    // SAFETY: buffer pointer and length are valid; the path is NUL-terminated (empty: the
+    // fd's own link).
     let n = unsafe {
         libc::readlinkat(
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
             buf.as_mut_ptr().cast(),
             buf.len(),
         )
@@ -181,6 +243,30 @@ pub fn link_at(fd: BorrowedFd<'_>, new_dir: BorrowedFd<'_>, new: &OsStr) -> io::
     .map(drop)
 }
 
+/// A new name `to` in `to_dir` for the entry `from` in `from_dir` (not following it:
+/// linkat without AT_SYMLINK_FOLLOW).
+#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
+pub fn link_name_at(
+    from_dir: BorrowedFd<'_>,
+    from: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    to: &OsStr,
+) -> io::Result<()> {
+    let (from, to) = (cname(from)?, cname(to)?);
+    // SAFETY: valid fds and NUL-terminated paths.
+    cvt(unsafe {
+        libc::linkat(
+            from_dir.as_raw_fd(),
+            from.as_ptr(),
+            to_dir.as_raw_fd(),
+            to.as_ptr(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// Sets owner and group (`None` leaves one unchanged) of the object an fd names, any fd.
 pub fn chown(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
     let (uid, gid) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
     // SAFETY: empty path with AT_EMPTY_PATH acts on the fd; u32::MAX (-1) leaves an id unchanged.
@@ -196,6 +282,7 @@ pub fn chown(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Resu
     .map(drop)
 }
 
+/// Sets the mode of the object an fd names, any fd (through /proc, which O_PATH fds need).
 pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     let path = proc_path(fd);
     // SAFETY: NUL-terminated path.
@@ -216,6 +303,27 @@ pub fn utimens(
     let path = proc_path(fd);
     // SAFETY: NUL-terminated path and a two-element times array.
     cvt(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) }).map(drop)
+}
+
+/// Sets access and modification time of an open (not O_PATH) fd, both given.
+#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
+pub fn futimens(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> io::Result<()> {
+    // SAFETY: a valid fd and two timespecs.
+    cvt(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(drop)
+}
+
+/// fsync: for a directory, makes the entries made or removed in it durable.
+#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
+pub fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: a valid fd.
+    cvt(unsafe { libc::fsync(fd.as_raw_fd()) }).map(drop)
+}
+
+/// flock(2) with `operation` (LOCK_EX, LOCK_SH, LOCK_UN, with or without LOCK_NB).
+#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
+pub fn flock(fd: BorrowedFd<'_>, operation: i32) -> io::Result<()> {
+    // SAFETY: a valid fd.
+    cvt(unsafe { libc::flock(fd.as_raw_fd(), operation) }).map(drop)
 }
 
 pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {

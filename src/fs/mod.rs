@@ -3,7 +3,7 @@
 
 pub mod adapter;
 pub(crate) mod attr;
-mod backing;
+pub(crate) mod backing;
 pub mod contents;
 mod errno;
 mod handle;
