@@ -15,20 +15,14 @@ use common::{assert_error, assert_exit, mode, path_str, pem_ref, set_mode, stdou
 
 /// Every file under `dir` and its bytes, keyed by relative path.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, files: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for entry in fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, files);
-            } else {
-                let bytes = fs::read(&path).unwrap();
-                files.insert(path.strip_prefix(root).unwrap().into(), bytes);
-            }
-        }
-    }
-    let mut files = BTreeMap::new();
-    walk(dir, dir, &mut files);
-    files
+    common::walk(dir)
+        .into_iter()
+        .filter(|(_, meta)| !meta.is_dir())
+        .map(|(path, _)| {
+            let bytes = fs::read(&path).unwrap();
+            (path.strip_prefix(dir).unwrap().into(), bytes)
+        })
+        .collect()
 }
 
 /// The DEK bytes of the volume, unwrapped with `key`.

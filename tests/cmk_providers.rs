@@ -18,6 +18,7 @@ use cryptoki::types::AuthPin;
 use serde_json::Value;
 
 use common::contract::run_provider_contract;
+use common::kms::Kms;
 use common::mount::wait_for_state;
 use common::{assert_error, assert_exit, path_str, set_mode, stderr, stdout, TestEnv};
 use xtsfs::keys::{KeyError, KeyKind, KeyRef};
@@ -202,49 +203,6 @@ impl Drop for Token {
         let _ = Command::new("softhsm2-util")
             .args(["--delete-token", "--token", &self.label])
             .output();
-    }
-}
-
-/// A KMS command for one test: a wrapper script that runs tests/support/openssl-kms.sh on
-/// a key directory of its own.
-struct Kms {
-    dir: PathBuf,
-    program: PathBuf,
-}
-
-impl Kms {
-    fn new(env: &TestEnv, name: &str) -> Self {
-        let dir = env.path(&format!("{name}-keys"));
-        fs::create_dir(&dir).expect("create KMS key dir");
-        set_mode(&dir, 0o700);
-        let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/openssl-kms.sh");
-        let program = env.path(&format!("{name}.sh"));
-        let script = format!(
-            "#!/bin/sh\nexec bash '{}' '{}'\n",
-            support.display(),
-            dir.display()
-        );
-        fs::write(&program, script).expect("write KMS wrapper");
-        set_mode(&program, 0o755);
-        Kms { dir, program }
-    }
-
-    fn add_version(&self, env: &TestEnv, version: u32) {
-        let dir = self.dir.strip_prefix(env.root()).expect("in the test dir");
-        env.rsa_key(path_str(&dir.join(format!("v{version}.pem"))), 2048);
-    }
-
-    /// Sets one of the script's behaviour files (deny, unavailable, reply, ...).
-    fn set(&self, file: &str, contents: &str) {
-        fs::write(self.dir.join(file), contents).expect("write KMS control file");
-    }
-
-    fn unset(&self, file: &str) {
-        fs::remove_file(self.dir.join(file)).expect("remove KMS control file");
-    }
-
-    fn key(&self) -> String {
-        format!("command:{}", self.program.display())
     }
 }
 

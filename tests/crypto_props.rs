@@ -15,11 +15,7 @@ use xtsfs::crypto::secret::SecretBytes;
 use xtsfs::crypto::xts::XtsError;
 use xtsfs::crypto::{VolumeKey, DEK_LEN};
 
-use common::{encrypted, xts};
-
-/// Longest plaintext name whose encoding (16-byte SIV tag + name, base64url) still fits in
-/// NAME_MAX: 4 * ceil((175 + 16) * 8 / 6) / 4 = 255 characters.
-const LONGEST_DIRECT_NAME: usize = 175;
+use common::{encrypted, xts, LONGEST_DIRECT_NAME};
 
 fn key64() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(any::<u8>(), 64)

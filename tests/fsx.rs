@@ -17,17 +17,9 @@ use std::os::unix::fs::FileExt;
 
 use common::mount::Mounted;
 use common::sys::fallocate;
-use common::{pseudo_random_bytes, Rng, TestEnv};
+use common::{env_number, pseudo_random_bytes, Rng, TestEnv};
 
 const MAX_LEN: u64 = 300_000;
-
-fn env_u64(name: &str) -> Option<u64> {
-    let text = std::env::var(name).ok()?;
-    match text.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => text.parse().ok(),
-    }
-}
 
 struct Fsx<'m, 'e> {
     m: &'m mut Mounted<'e>,
@@ -253,8 +245,8 @@ fn open(path: &std::path::Path) -> File {
 }
 
 fn run(m: &mut Mounted<'_>, name: &'static str, seed: u64, direct_io: bool) {
-    let ops = env_u64("XTSFS_FSX_OPS").unwrap_or(1500) as usize;
-    let seed = env_u64("XTSFS_FSX_SEED").unwrap_or(seed);
+    let ops = env_number("XTSFS_FSX_OPS").unwrap_or(1500) as usize;
+    let seed = env_number("XTSFS_FSX_SEED").unwrap_or(seed);
     let mut fsx = Fsx::new(m, name, seed, direct_io);
     for i in 0..ops {
         fsx.step(i);

@@ -6,34 +6,9 @@ mod common;
 
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::mount::assert_success;
+use common::mount::{assert_success, SmallFileSystem};
 use common::{assert_error, path_str, pseudo_random_bytes, stderr, TestEnv};
-
-/// A tmpfs of `size` mounted on `dir` for one test, so the backing file system fills up
-/// quickly without touching the machine's disks.
-struct SmallFileSystem(PathBuf);
-
-impl SmallFileSystem {
-    fn mount(dir: &Path, size: &str) -> Self {
-        fs::create_dir_all(dir).expect("create the small file system's mount point");
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .args(["tmpfs", path_str(dir)])
-            .output()
-            .expect("run mount");
-        assert_success(&output, "mount a small tmpfs");
-        SmallFileSystem(dir.to_path_buf())
-    }
-}
-
-impl Drop for SmallFileSystem {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
-    }
-}
 
 fn is_no_space(error: &std::io::Error) -> bool {
     error.kind() == ErrorKind::StorageFull || error.raw_os_error() == Some(libc::EDQUOT)

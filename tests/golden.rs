@@ -482,21 +482,16 @@ fn check_golden(golden: Golden) {
 /// The plaintext tree seen through a mount, by path.
 fn read_mounted_tree(root: &Path) -> BTreeMap<PathBuf, Node> {
     let mut tree = BTreeMap::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let relative = path.strip_prefix(root).unwrap().to_path_buf();
-            if path.is_dir() {
-                pending.push(path);
-                tree.insert(relative, Node::Dir);
-            } else {
-                let contents = fs::read(&path).unwrap();
-                // The size the kernel was given agrees with what reads return.
-                let size = fs::metadata(&path).unwrap().len();
-                assert_eq!(size, contents.len() as u64, "{}", relative.display());
-                tree.insert(relative, Node::File(contents));
-            }
+    for (path, meta) in common::walk(root) {
+        let relative = path.strip_prefix(root).unwrap().to_path_buf();
+        if meta.is_dir() {
+            tree.insert(relative, Node::Dir);
+        } else {
+            let contents = fs::read(&path).unwrap();
+            // The size the kernel was given agrees with what reads return.
+            let size = fs::metadata(&path).unwrap().len();
+            assert_eq!(size, contents.len() as u64, "{}", relative.display());
+            tree.insert(relative, Node::File(contents));
         }
     }
     tree

@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::io::{ErrorKind, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::mount::{assert_success, find_plaintext, live_state, wait_for_state};
-use common::{assert_exit, hex, path_str, set_mode, TestEnv};
+use common::sys::try_statvfs;
+use common::{assert_exit, hex, is_eacces, path_str, set_mode, TestEnv};
 
 fn audit_events(path: &Path) -> Vec<serde_json::Value> {
     fs::read_to_string(path)
@@ -27,10 +28,6 @@ fn has_event(events: &[serde_json::Value], event: &str, outcome: &str) -> bool {
     events
         .iter()
         .any(|e| e["event"] == event && e["outcome"] == outcome)
-}
-
-fn is_eacces<T: std::fmt::Debug>(result: std::io::Result<T>) -> bool {
-    matches!(result, Err(e) if e.kind() == ErrorKind::PermissionDenied)
 }
 
 /// A PEM-keyed volume mounted with a fast key check and the given policy.
@@ -85,14 +82,9 @@ fn lock_policy_fails_every_operation_until_the_key_returns() {
         is_eacces(fs::metadata(m.path("acknowledged"))),
         "getattr after lock"
     );
-    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    let mountpoint = std::ffi::CString::new(path_str(&m.mountpoint)).unwrap();
-    // SAFETY: valid path and output buffer.
-    assert_eq!(
-        unsafe { libc::statvfs(mountpoint.as_ptr(), stats.as_mut_ptr()) },
-        0,
-        "statfs still works"
-    );
+    if let Err(e) = try_statvfs(&m.mountpoint) {
+        panic!("statfs still works: {e}");
+    }
 
     fs::rename(&away, &key).unwrap();
     wait_for_state(&env, &m.mountpoint, "serving");

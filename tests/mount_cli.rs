@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::mount::{assert_success, require_fuse};
-use common::{path_str, TestEnv};
+use common::{path_str, stderr, TestEnv};
 
 /// The /proc/mounts line for `mountpoint`, if it is mounted.
 fn mount_line(mountpoint: &Path) -> Option<String> {
@@ -19,10 +19,6 @@ fn mount_line(mountpoint: &Path) -> Option<String> {
         .lines()
         .find(|l| l.split(' ').nth(1) == Some(path_str(&mountpoint)))
         .map(str::to_string)
-}
-
-fn stderr(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]

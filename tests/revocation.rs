@@ -8,12 +8,13 @@ mod common;
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::kms::Kms;
 use common::mount::{assert_success, live_state, wait_for_state};
-use common::{assert_exit, path_str, set_mode, stderr, stdout, TestEnv};
+use common::{assert_exit, is_eacces, path_str, set_mode, stderr, stdout, TestEnv};
 
 /// Runs xtsfs like [`TestEnv::xtsfs_with_env`], but gives up after `limit`: `None` if it
 /// was still running (it is killed). Old code hung in these places; a test must not.
@@ -23,15 +24,8 @@ fn xtsfs_bounded(
     args: &[&str],
     limit: Duration,
 ) -> Option<Output> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xtsfs"))
-        .args(args)
-        .env("XTSFS_PLATFORM_KEY_DIR", env.platform_key_dir())
-        .env("XTSFS_RUN_DIR", env.path("run"))
-        .env("XTSFS_TRUSTED_KEY_DIRS", env.root())
-        .env_remove("XTSFS_AUDIT_LOG")
-        .env_remove("RUST_LOG")
-        .envs(vars.iter().copied())
-        .current_dir(env.root())
+    let mut child = env
+        .command(vars, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -70,10 +64,6 @@ fn reaches_state(env: &TestEnv, mountpoint: &Path, state: &str, limit: Duration)
         std::thread::sleep(Duration::from_millis(50));
     }
     false
-}
-
-fn is_eacces<T: std::fmt::Debug>(result: std::io::Result<T>) -> bool {
-    matches!(result, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
 }
 
 /// Unmounts with `xtsfs unmount` and asserts that it returns within a few seconds, and
@@ -560,45 +550,3 @@ fn directory_handles_drop_their_listing_at_a_lock() {
 }
 
 // --- fixtures -----------------------------------------------------------------------------
-
-/// A KMS command for one test: tests/support/openssl-kms.sh over a key directory of its
-/// own (see that script for the control files).
-struct Kms {
-    dir: PathBuf,
-    program: PathBuf,
-}
-
-impl Kms {
-    fn new(env: &TestEnv, name: &str) -> Self {
-        let dir = env.path(&format!("{name}-keys"));
-        fs::create_dir(&dir).expect("create KMS key dir");
-        set_mode(&dir, 0o700);
-        let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/openssl-kms.sh");
-        let program = env.path(&format!("{name}.sh"));
-        let script = format!(
-            "#!/bin/sh\nexec bash '{}' '{}'\n",
-            support.display(),
-            dir.display()
-        );
-        fs::write(&program, script).expect("write KMS wrapper");
-        set_mode(&program, 0o755);
-        Kms { dir, program }
-    }
-
-    fn add_version(&self, env: &TestEnv, version: u32) {
-        let dir = self.dir.strip_prefix(env.root()).expect("in the test dir");
-        env.rsa_key(path_str(&dir.join(format!("v{version}.pem"))), 2048);
-    }
-
-    fn set(&self, file: &str, contents: &str) {
-        fs::write(self.dir.join(file), contents).expect("write KMS control file");
-    }
-
-    fn unset(&self, file: &str) {
-        fs::remove_file(self.dir.join(file)).expect("remove KMS control file");
-    }
-
-    fn key(&self) -> String {
-        format!("command:{}", self.program.display())
-    }
-}

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use xtsfs::keys::KeyRef;
 use xtsfs::volume::upgrade::{self, FileOutcome, UpgradeEvent, UpgradeStatus, UPGRADE_TMP};
 
-use common::mount::{assert_success, Mounted};
+use common::mount::{assert_success, Mounted, SmallFileSystem};
 use common::{
     assert_error, assert_exit, hex, path_str, pseudo_random_bytes, set_mode, stderr, stdout,
     TestEnv,
@@ -41,32 +41,26 @@ struct Entry {
 /// Every entry under `root`, never following a symlink.
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Entry> {
     let mut tree = BTreeMap::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let kind = if meta.is_dir() {
-                pending.push(path.clone());
-                Kind::Dir
-            } else if meta.file_type().is_symlink() {
-                Kind::Symlink(fs::read_link(&path).unwrap())
-            } else {
-                let bytes = fs::read(&path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
-                Kind::File {
-                    len: bytes.len() as u64,
-                    sha256: hex(&Sha256::digest(&bytes)),
-                }
-            };
-            let entry = Entry {
-                kind,
-                mode: meta.mode(),
-                uid: meta.uid(),
-                gid: meta.gid(),
-                mtime: (meta.mtime(), meta.mtime_nsec()),
-            };
-            tree.insert(path.strip_prefix(root).unwrap().to_path_buf(), entry);
-        }
+    for (path, meta) in common::walk(root) {
+        let kind = if meta.is_dir() {
+            Kind::Dir
+        } else if meta.file_type().is_symlink() {
+            Kind::Symlink(fs::read_link(&path).unwrap())
+        } else {
+            let bytes = fs::read(&path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
+            Kind::File {
+                len: bytes.len() as u64,
+                sha256: hex(&Sha256::digest(&bytes)),
+            }
+        };
+        let entry = Entry {
+            kind,
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        };
+        tree.insert(path.strip_prefix(root).unwrap().to_path_buf(), entry);
     }
     tree
 }
@@ -77,47 +71,30 @@ type BackingMetadata = (u32, u32, u32, (i64, i64), Option<(i64, i64)>);
 /// The backing tree's names and metadata: the upgrade must keep every name, owner,
 /// mode and mtime, and the atime of files.
 fn backing_metadata(tree: &Path) -> BTreeMap<PathBuf, BackingMetadata> {
-    let mut out = BTreeMap::new();
-    let mut pending = vec![tree.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                pending.push(path.clone());
-            }
+    common::walk(tree)
+        .into_iter()
+        .map(|(path, meta)| {
             let atime = meta.is_file().then(|| (meta.atime(), meta.atime_nsec()));
-            out.insert(
-                path.strip_prefix(tree).unwrap().to_path_buf(),
-                (
-                    meta.mode(),
-                    meta.uid(),
-                    meta.gid(),
-                    (meta.mtime(), meta.mtime_nsec()),
-                    atime,
-                ),
-            );
-        }
-    }
-    out
+            let relative = path.strip_prefix(tree).unwrap().to_path_buf();
+            let mtime = (meta.mtime(), meta.mtime_nsec());
+            (
+                relative,
+                (meta.mode(), meta.uid(), meta.gid(), mtime, atime),
+            )
+        })
+        .collect()
 }
 
 /// Every file's bytes in the backing directory.
 fn backing_bytes(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                pending.push(path);
-            } else if meta.is_file() {
-                out.insert(path.clone(), fs::read(&path).unwrap());
-            }
-        }
-    }
-    out
+    common::walk(dir)
+        .into_iter()
+        .filter(|(_, meta)| meta.is_file())
+        .map(|(path, _)| {
+            let bytes = fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect()
 }
 
 /// Asserts equal trees of bytes, naming the paths that differ (not their bytes).
@@ -662,31 +639,6 @@ fn upgrade_of_a_directory_that_is_no_volume_fails_clearly() {
     assert_error(&output, 4);
     let output = env.xtsfs(&["upgrade", path_str(&env.path("missing"))]);
     assert_error(&output, 4);
-}
-
-/// A tmpfs of `size` on `dir` for one test: a backing file system that fills up.
-struct SmallFileSystem(PathBuf);
-
-impl SmallFileSystem {
-    fn mount(dir: &Path, size: &str) -> Self {
-        fs::create_dir_all(dir).unwrap();
-        let output = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .args(["tmpfs", path_str(dir)])
-            .output()
-            .expect("run mount");
-        assert_success(&output, "mount a small tmpfs");
-        SmallFileSystem(dir.to_path_buf())
-    }
-}
-
-impl Drop for SmallFileSystem {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .output();
-    }
 }
 
 #[test]

@@ -5,10 +5,12 @@
 #![allow(dead_code)]
 
 pub mod contract;
+pub mod kms;
 pub mod mount;
 pub mod redis;
 pub mod sys;
 pub mod users;
+pub mod xattr;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -18,6 +20,15 @@ use std::process::{Command, Output};
 use xtsfs::crypto::secret::SecretBytes;
 use xtsfs::crypto::xts::Xts256;
 use xtsfs::keys::{KeyContext, KeyRef};
+
+/// The data unit: every file's contents are encrypted in units of this many bytes.
+pub const UNIT: u64 = 4096;
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+
+/// Longest name stored directly: a longer one's encryption (16-byte SIV tag, base64)
+/// exceeds 255 bytes, so it is stored under a hash with a side file holding the name.
+pub const LONGEST_DIRECT_NAME: usize = 175;
 
 pub struct TestEnv {
     dir: tempfile::TempDir,
@@ -61,7 +72,13 @@ impl TestEnv {
 
     /// `xtsfs` with environment variables that override this environment's.
     pub fn xtsfs_with_env(&self, vars: &[(&str, &str)], args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_xtsfs"))
+        self.command(vars, args).output().expect("run xtsfs")
+    }
+
+    /// The `xtsfs` command [`TestEnv::xtsfs_with_env`] runs, not yet started.
+    pub fn command(&self, vars: &[(&str, &str)], args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xtsfs"));
+        command
             .args(args)
             .env("XTSFS_PLATFORM_KEY_DIR", self.platform_key_dir())
             .env("XTSFS_RUN_DIR", self.path("run"))
@@ -70,9 +87,8 @@ impl TestEnv {
             .env_remove("XTSFS_AUDIT_LOG")
             .env_remove("RUST_LOG")
             .envs(vars.iter().copied())
-            .current_dir(self.root())
-            .output()
-            .expect("run xtsfs")
+            .current_dir(self.root());
+        command
     }
 
     /// `xtsfs status --json` of a backing directory or mount point, which must succeed.
@@ -191,6 +207,34 @@ pub fn assert_error(output: &Output, code: i32) {
     assert!(!err.contains("panicked"), "stderr: {err}");
 }
 
+/// A number from the environment variable `name` (decimal or 0x-hex), if it is set; a
+/// value that is not a number fails the test.
+pub fn env_number(name: &str) -> Option<u64> {
+    let text = std::env::var(name).ok()?;
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    Some(parsed.unwrap_or_else(|_| panic!("{name}={text:?} is not a number")))
+}
+
+/// Whether an I/O result is a permission error (EACCES, or EPERM).
+pub fn is_eacces<T: std::fmt::Debug>(result: std::io::Result<T>) -> bool {
+    matches!(result, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
+/// FNV-1a of `data`: a short checksum that shows whether large contents differ.
+pub fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -201,6 +245,24 @@ pub fn unhex(text: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex digit"))
         .collect()
+}
+
+/// Every entry below `root` (not `root` itself) with its metadata, never following a
+/// symlink.
+pub fn walk(root: &Path) -> Vec<(PathBuf, fs::Metadata)> {
+    let mut entries = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).expect("read dir") {
+            let path = entry.expect("dir entry").path();
+            let meta = fs::symlink_metadata(&path).expect("stat");
+            if meta.is_dir() {
+                pending.push(path.clone());
+            }
+            entries.push((path, meta));
+        }
+    }
+    entries
 }
 
 /// Copies a directory tree (files and directories only).

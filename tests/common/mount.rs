@@ -8,7 +8,7 @@ use std::process::Output;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{path_str, TestEnv};
+use super::{contains, path_str, TestEnv};
 
 /// A volume mounted by the real `xtsfs mount` (as root, over /dev/fuse).
 pub struct Mounted<'a> {
@@ -140,6 +140,32 @@ impl Drop for Mounted<'_> {
     }
 }
 
+/// A tmpfs of `size` mounted on `dir` for one test, so the backing file system fills up
+/// quickly without touching the machine's disks.
+pub struct SmallFileSystem(PathBuf);
+
+impl SmallFileSystem {
+    pub fn mount(dir: &Path, size: &str) -> Self {
+        fs::create_dir_all(dir).expect("create the small file system's mount point");
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .args(["tmpfs", path_str(dir)])
+            .output()
+            .expect("run mount");
+        assert_success(&output, "mount a small tmpfs");
+        SmallFileSystem(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallFileSystem {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .output();
+    }
+}
+
 /// The tests need root and a FUSE device; say so plainly rather than fail obscurely.
 pub fn require_fuse() {
     // SAFETY: no preconditions.
@@ -188,10 +214,6 @@ pub fn find_plaintext(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         }
     }
     hits
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// `xtsfs status --json` of a mounted volume (it exits non-zero while the key is gone,

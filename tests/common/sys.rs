@@ -65,3 +65,55 @@ pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usiz
     }
     Ok(done)
 }
+
+/// Reads up to `len` bytes at `offset`, stopping early only at end of file.
+pub fn try_read_at(file: &File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len as usize];
+    let done = read_full_at(file, &mut buf, offset)?;
+    buf.truncate(done);
+    Ok(buf)
+}
+
+/// [`try_read_at`], which must succeed.
+pub fn read_at(file: &File, offset: u64, len: u64) -> Vec<u8> {
+    try_read_at(file, offset, len).unwrap_or_else(|e| panic!("read {len} bytes at {offset}: {e}"))
+}
+
+pub fn try_statvfs(path: &Path) -> io::Result<libc::statvfs> {
+    let path = cpath(path);
+    // SAFETY: an all-zero statvfs is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: NUL-terminated path, st is writable.
+    cvt(unsafe { libc::statvfs(path.as_ptr(), &mut st) })?;
+    Ok(st)
+}
+
+/// [`try_statvfs`], which must succeed.
+pub fn statvfs(path: &Path) -> libc::statvfs {
+    try_statvfs(path).expect("statvfs")
+}
+
+pub fn timespec(sec: i64, nsec: i64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    }
+}
+
+/// A utimensat time that leaves the timestamp as it is.
+pub const OMIT: libc::timespec = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: libc::UTIME_OMIT,
+};
+
+pub fn utimensat(
+    path: &Path,
+    atime: libc::timespec,
+    mtime: libc::timespec,
+    flags: i32,
+) -> io::Result<()> {
+    let path = cpath(path);
+    let times = [atime, mtime];
+    // SAFETY: NUL-terminated path and a two-element times array.
+    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), flags) })
+}

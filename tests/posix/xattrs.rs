@@ -2,108 +2,30 @@
 //! passed through and enforced, each operation atomic per attribute, limits those of the
 //! backing file system minus a stated overhead.
 
-use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
 use crate::common::mount::find_plaintext;
-use crate::common::sys::cpath;
 use crate::common::users::{User, ALICE, BOB};
+use crate::common::xattr::{self, lgetxattr, lgetxattr_into, lremovexattr, lsetxattr};
 use crate::common::TestEnv;
 use crate::users::{
     chmod, lchown, make, mounted_for_all, outcome, same_for_every_mount, st, umask, TYPES,
 };
 
-fn cname(name: &str) -> CString {
-    CString::new(name).unwrap()
-}
-
-pub fn lsetxattr(path: &Path, name: &str, value: &[u8], flags: i32) -> io::Result<()> {
-    let (p, n) = (cpath(path), cname(name));
-    // SAFETY: NUL-terminated strings and a value of its length.
-    let r = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// The value, asking for its size first as getfattr does.
-pub fn lgetxattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
-    let (p, n) = (cpath(path), cname(name));
-    // SAFETY: a NULL buffer of size 0 asks for the size.
-    let size = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
-    if size < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; size as usize];
-    // SAFETY: a buffer of its length.
-    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(r as usize);
-    Ok(buf)
-}
-
 /// getxattr into a buffer of exactly `size` bytes.
 fn lgetxattr_sized(path: &Path, name: &str, size: usize) -> io::Result<usize> {
-    let (p, n) = (cpath(path), cname(name));
-    let mut buf = vec![0u8; size];
-    // SAFETY: a buffer of its length.
-    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
+    lgetxattr_into(path, name, &mut vec![0u8; size])
 }
 
-/// The sorted attribute names, without those of the security modules (the local file
-/// system may carry labels the mount does not).
+/// The sorted attribute names.
 pub fn llistxattr(path: &Path) -> io::Result<Vec<String>> {
-    let p = cpath(path);
-    // SAFETY: a NULL buffer of size 0 asks for the size.
-    let size = unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
-    if size < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; size as usize];
-    // SAFETY: a buffer of its length.
-    let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(r as usize);
-    let mut names: Vec<String> = buf
-        .split(|&b| b == 0)
-        .filter(|n| !n.is_empty())
+    Ok(xattr::llistxattr(path)?
+        .iter()
         .map(|n| String::from_utf8_lossy(n).into_owned())
-        .collect();
-    names.sort();
-    Ok(names)
-}
-
-pub fn lremovexattr(path: &Path, name: &str) -> io::Result<()> {
-    let (p, n) = (cpath(path), cname(name));
-    // SAFETY: NUL-terminated strings.
-    let r = unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+        .collect())
 }
 
 fn show(result: io::Result<Vec<u8>>) -> String {
@@ -209,8 +131,8 @@ fn namespaces_and_permissions_for_every_type_and_user() {
                                 "{uid} {kind} {ns}: set {} get own {} get root's {} remove root's {} list {:?}",
                                 outcome(lsetxattr(&p, &name, b"w", 0)),
                                 show(lgetxattr(&p, &name)),
-                                show(lgetxattr(&p, &format!("{ns}.root-{kind}"))),
-                                outcome(lremovexattr(&p, &format!("{ns}.root-{kind}"))),
+                                show(lgetxattr(&p, format!("{ns}.root-{kind}"))),
+                                outcome(lremovexattr(&p, format!("{ns}.root-{kind}"))),
                                 llistxattr(&p).map_err(|e| e.to_string()),
                             )
                         })
@@ -332,13 +254,13 @@ fn limits_are_the_backing_limits_minus_the_stated_overhead() {
     // security., once encrypted.
     for (ns, max) in [("user.", 172), ("trusted.", 172), ("security.", 173)] {
         let name = |len: usize| format!("{ns}{}", "n".repeat(len - ns.len()));
-        assert_eq!(outcome(lsetxattr(&file, &name(max), b"v", 0)), "ok", "{ns}");
+        assert_eq!(outcome(lsetxattr(&file, name(max), b"v", 0)), "ok", "{ns}");
         assert_eq!(
-            outcome(lsetxattr(&file, &name(max + 1), b"v", 0)),
+            outcome(lsetxattr(&file, name(max + 1), b"v", 0)),
             "ERANGE",
             "{ns}"
         );
-        lremovexattr(&file, &name(max)).unwrap();
+        lremovexattr(&file, name(max)).unwrap();
     }
     // Values: whatever the backing file system takes under the stored name, minus 32.
     let name = "user.v";

@@ -1,0 +1,143 @@
+//! O_DIRECT, write-only handles, mmap, and the --direct-io mount.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+
+use crate::common::mount::Mounted;
+use crate::common::sys::{cvt, read_at, read_full_at};
+use crate::common::{TestEnv, UNIT};
+use crate::{contents, data, AlignedBuf, Bytes};
+
+#[test]
+fn o_direct_round_trips_and_buffered_reads_see_it() {
+    let env = TestEnv::new();
+    let m = env.mounted(&[]);
+    let path = m.path("direct");
+    fs::write(&path, data(1, 6 * UNIT)).unwrap();
+    // Fill the page cache first, so a stale cached page would show.
+    let buffered = File::open(&path).unwrap();
+    assert_eq!(read_at(&buffered, 0, 6 * UNIT), data(1, 6 * UNIT));
+
+    let direct = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .unwrap();
+    let mut out = AlignedBuf::new(3 * UNIT as usize);
+    out.copy_from_slice(&data(2, 3 * UNIT));
+    direct.write_all_at(&out, UNIT).unwrap();
+    // Past the end, leaving a hole.
+    direct
+        .write_all_at(&out[..UNIT as usize], 8 * UNIT)
+        .unwrap();
+
+    let mut expected = data(1, 6 * UNIT);
+    expected[UNIT as usize..4 * UNIT as usize].copy_from_slice(&data(2, 3 * UNIT));
+    expected.resize(8 * UNIT as usize, 0);
+    expected.extend_from_slice(&data(2, UNIT));
+
+    let mut back = AlignedBuf::new(9 * UNIT as usize);
+    let done = read_full_at(&direct, &mut back, 0).unwrap();
+    assert_eq!(done, expected.len());
+    assert_eq!(Bytes(back.to_vec()), Bytes(expected.clone()));
+    assert_eq!(
+        Bytes(read_at(&buffered, 0, 10 * UNIT)),
+        Bytes(expected.clone())
+    );
+    assert_eq!(contents(&path), Ok(Bytes(expected)));
+}
+
+#[test]
+fn write_only_handles_bypass_the_page_cache_and_readers_see_their_writes() {
+    let env = TestEnv::new();
+    let m = env.mounted(&[]);
+    let path = m.path("written");
+    fs::write(&path, data(1, 6 * UNIT)).unwrap();
+    // A reader with the file in the page cache, then a write-only (direct) writer.
+    let reader = File::open(&path).unwrap();
+    assert_eq!(read_at(&reader, 0, 6 * UNIT), data(1, 6 * UNIT));
+    let writer = OpenOptions::new().write(true).open(&path).unwrap();
+    writer.write_all_at(&data(2, 2 * UNIT), UNIT + 100).unwrap();
+    writer.write_all_at(b"tail", 7 * UNIT).unwrap();
+    let mut expected = data(1, 6 * UNIT);
+    expected[UNIT as usize + 100..3 * UNIT as usize + 100].copy_from_slice(&data(2, 2 * UNIT));
+    expected.resize(7 * UNIT as usize, 0);
+    expected.extend_from_slice(b"tail");
+    assert_eq!(
+        Bytes(read_at(&reader, 0, 8 * UNIT)),
+        Bytes(expected.clone())
+    );
+    assert_eq!(contents(&path), Ok(Bytes(expected)));
+}
+
+#[test]
+fn mmap_shared_reads_and_writes_reach_the_file() {
+    let env = TestEnv::new();
+    mmap_shared_round_trip(&mut env.mounted(&[]));
+}
+
+#[test]
+fn direct_io_mount_serves_large_io_and_shared_mmap() {
+    let env = TestEnv::new();
+    let mut m = env.mounted(&[]);
+    m.remount_with(&["--direct-io"]);
+    let path = m.path("large");
+    let expected = data(3, 3 * 1024 * 1024 + 123);
+    fs::write(&path, &expected).unwrap();
+    assert_eq!(contents(&path), Ok(Bytes(expected.clone())));
+    let file = File::open(&path).unwrap();
+    assert_eq!(
+        Bytes(read_at(&file, 1_000_000, 2 * UNIT)),
+        Bytes(expected[1_000_000..1_000_000 + 2 * UNIT as usize].to_vec())
+    );
+    drop(file);
+    mmap_shared_round_trip(&mut m);
+}
+
+fn mmap_shared_round_trip(m: &mut Mounted) {
+    let path = m.path("mapped");
+    let len = 10_000;
+    let mut expected = data(1, len as u64);
+    fs::write(&path, &expected).unwrap();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    // SAFETY: a fresh shared mapping of an open file, unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(ptr, libc::MAP_FAILED, "{}", io::Error::last_os_error());
+    // SAFETY: the mapping is len bytes, readable and writable, and only used here.
+    let map = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<u8>(), len) };
+    assert_eq!(Bytes(map.to_vec()), Bytes(expected.clone()));
+    for (offset, bytes) in [
+        (0, &b"start"[..]),
+        (4090, b"across units"),
+        (9990, b"end of file"),
+    ] {
+        let bytes = &bytes[..bytes.len().min(len - offset)];
+        map[offset..offset + bytes.len()].copy_from_slice(bytes);
+        expected[offset..offset + bytes.len()].copy_from_slice(bytes);
+    }
+    // SAFETY: ptr/len is the mapping made above.
+    unsafe {
+        cvt(libc::msync(ptr, len, libc::MS_SYNC)).expect("msync");
+        cvt(libc::munmap(ptr, len)).expect("munmap");
+    }
+    drop(file);
+    assert_eq!(contents(&path), Ok(Bytes(expected.clone())));
+    m.remount();
+    assert_eq!(contents(&m.path("mapped")), Ok(Bytes(expected)));
+}
