@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use common::mount::{assert_success, find_plaintext, live_state, wait_for_state};
 use common::sys::try_statvfs;
-use common::{assert_exit, hex, is_eacces, path_str, set_mode, TestEnv};
+use common::{assert_exit, hex, is_eacces, path_str, set_mode, wait_until, TestEnv};
 
 fn audit_events(path: &Path) -> Vec<serde_json::Value> {
     fs::read_to_string(path)
@@ -288,18 +288,17 @@ fn mounted_volume_follows_a_rotated_platform_key() {
     ]);
     fs::write(m.path("f"), b"survives rotation").unwrap();
     assert_success(&env.xtsfs(&["platform-key", "rotate", "default"]), "rotate");
-    let deadline = Instant::now() + Duration::from_secs(20);
     // The header is replaced first, then the host's record of it is committed, then the
     // rotation is audited: wait for all three.
-    while live_state(&env, &m.mountpoint)["protector"]["key_version"] != "2"
-        || !has_event(&audit_events(&audit), "auto-rotate", "success")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the mount never rewrapped onto version 2 (or never audited it)"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(25),
+        "the mount never rewrapped onto version 2 (or never audited it)",
+        || {
+            live_state(&env, &m.mountpoint)["protector"]["key_version"] == "2"
+                && has_event(&audit_events(&audit), "auto-rotate", "success")
+        },
+    );
     assert_eq!(fs::read(m.path("f")).unwrap(), b"survives rotation");
     m.remount();
     assert_eq!(fs::read(m.path("f")).unwrap(), b"survives rotation");
@@ -419,12 +418,16 @@ fn ephemeral_volume_leaves_nothing_decryptable() {
         .unwrap() as i32;
     // SAFETY: killing the daemon we started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // SAFETY: signal 0 probes for the process.
-    while unsafe { libc::kill(pid, 0) } == 0 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        "the killed daemon is gone",
+        || {
+            // SAFETY: signal 0 probes for the process.
+            let probe = unsafe { libc::kill(pid, 0) };
+            probe != 0
+        },
+    );
     let dead = std::ffi::CString::new(path_str(&mountpoint)).unwrap();
     // SAFETY: valid path; detaches the dead FUSE mount.
     unsafe { libc::umount2(dead.as_ptr(), libc::MNT_DETACH) };

@@ -6,10 +6,10 @@ mod common;
 use std::fs::{self, File};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::mount::{assert_success, require_fuse};
-use common::{path_str, stderr, TestEnv};
+use common::{path_str, stderr, wait_until, TestEnv};
 
 /// The /proc/mounts line for `mountpoint`, if it is mounted.
 fn mount_line(mountpoint: &Path) -> Option<String> {
@@ -159,11 +159,12 @@ fn foreground_mount_unmounts_cleanly_on_sigterm_and_sigint() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while mount_line(&m.mountpoint).is_none() {
-            assert!(Instant::now() < deadline, "foreground mount never appeared");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(
+            Duration::from_secs(20),
+            Duration::from_millis(10),
+            "foreground mount never appeared",
+            || mount_line(&m.mountpoint).is_some(),
+        );
         assert_eq!(fs::read(m.path("kept")).unwrap(), b"before signal");
         // SAFETY: signalling our own child.
         unsafe { libc::kill(daemon.id() as i32, signal) };

@@ -11,10 +11,10 @@ use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::mount::{assert_success, require_fuse};
-use common::{path_str, stderr, TestEnv};
+use common::{path_str, stderr, wait_until, TestEnv};
 
 const INSTALLED: &str = "/usr/local/bin/xtsfs";
 
@@ -79,14 +79,12 @@ fn mount_options(mountpoint: &Path) -> Option<String> {
 
 /// Waits (bounded) until the daemon of `backing` has exited after an unmount.
 fn wait_daemon_gone(env: &TestEnv, backing: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !env.status_json(backing)["live"].is_null() {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon did not exit after umount"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        "the daemon did not exit after umount",
+        || env.status_json(backing)["live"].is_null(),
+    );
 }
 
 #[test]

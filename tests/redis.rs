@@ -14,30 +14,9 @@ fn status(text: &str) -> Reply {
     Reply::Status(text.into())
 }
 
-/// Waits (bounded) until INFO persistence says `field:value`.
-fn wait_until(redis: &mut Client, field: &str, value: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while redis.info_field(field) != value {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{field} never became {value}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 fn assert_all_keys(redis: &mut Client) {
     assert_eq!(redis.must(&["DBSIZE"]), Reply::Int(KEYS as i64));
-    for i in 0..KEYS {
-        redis.send(&["GET", &format!("key:{i}")]).unwrap();
-    }
-    for i in 0..KEYS {
-        assert_eq!(
-            redis.reply().unwrap(),
-            Reply::Bulk(Some(value(i).into_bytes())),
-            "key:{i}"
-        );
-    }
+    redis.assert_keys(KEYS, value);
 }
 
 fn value(i: usize) -> String {
@@ -60,13 +39,13 @@ fn redis_aof_and_rdb_land_encrypted_and_reload_after_remount() {
         assert_eq!(redis.reply().unwrap(), status("OK"), "SET key:{i}");
     }
     assert_eq!(redis.must(&["BGSAVE"]), status("Background saving started"));
-    wait_until(&mut redis, "rdb_bgsave_in_progress", "0");
+    redis.wait_for_info("rdb_bgsave_in_progress", "0");
     assert_eq!(redis.info_field("rdb_last_bgsave_status"), "ok");
     assert!(matches!(
         redis.must(&["BGREWRITEAOF"]),
         Reply::Status(s) if s.starts_with("Background append only file rewriting")
     ));
-    wait_until(&mut redis, "aof_rewrite_in_progress", "0");
+    redis.wait_for_info("aof_rewrite_in_progress", "0");
     assert_eq!(redis.info_field("aof_last_bgrewrite_status"), "ok");
     server.shutdown();
 

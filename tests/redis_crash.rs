@@ -467,27 +467,14 @@ fn aof_survives_redis_sigkill_during_bgrewriteaof() {
         redis.log()
     );
     assert_eq!(client.must(&["DBSIZE"]), Reply::Int(KEYS as i64 + 1));
-    for i in 0..KEYS {
-        client.send(&["GET", &format!("key:{i}")]).unwrap();
-    }
-    for i in 0..KEYS {
-        assert_eq!(
-            client.reply().unwrap(),
-            Reply::Bulk(Some(value(i).into_bytes())),
-            "key:{i}"
-        );
-    }
+    client.assert_keys(KEYS, value);
 
     // The volume takes a complete rewrite now, and the AOF stays valid.
     match client.must(&["BGREWRITEAOF"]) {
         Reply::Status(s) if s.starts_with("Background append only file rewriting") => {}
         other => panic!("BGREWRITEAOF: {other:?}"),
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while client.info_field("aof_rewrite_in_progress") != "0" {
-        assert!(Instant::now() < deadline, "the rewrite did not finish");
-        thread::sleep(Duration::from_millis(20));
-    }
+    client.wait_for_info("aof_rewrite_in_progress", "0");
     assert_eq!(client.info_field("aof_last_bgrewrite_status"), "ok");
     drop(client);
     redis.shutdown();

@@ -16,6 +16,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use xtsfs::crypto::secret::SecretBytes;
 use xtsfs::crypto::xts::Xts256;
@@ -216,6 +217,17 @@ pub fn env_number(name: &str) -> Option<u64> {
         None => text.parse(),
     };
     Some(parsed.unwrap_or_else(|_| panic!("{name}={text:?} is not a number")))
+}
+
+/// Checks `done` every `every` until it holds, failing the test with `what` once `limit`
+/// has passed.
+#[track_caller]
+pub fn wait_until(limit: Duration, every: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(every);
+    }
 }
 
 /// Whether an I/O result is a permission error (EACCES, or EPERM).

@@ -121,6 +121,29 @@ impl Client {
             .unwrap_or_else(|| panic!("INFO persistence has no {field}"))
     }
 
+    /// Waits (bounded) until INFO persistence says `field:value`.
+    pub fn wait_for_info(&mut self, field: &str, value: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.info_field(field) != value {
+            assert!(Instant::now() < deadline, "{field} never became {value}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Asserts, pipelined, that `key:{i}` holds `value(i)` for every i below `keys`.
+    pub fn assert_keys(&mut self, keys: usize, value: impl Fn(usize) -> String) {
+        for i in 0..keys {
+            self.send(&["GET", &format!("key:{i}")]).unwrap();
+        }
+        for i in 0..keys {
+            assert_eq!(
+                self.reply().unwrap(),
+                Reply::Bulk(Some(value(i).into_bytes())),
+                "key:{i}"
+            );
+        }
+    }
+
     pub fn get(&mut self, key: &str) -> Option<Vec<u8>> {
         match self.must(&["GET", key]) {
             Reply::Bulk(value) => value,
