@@ -1,5 +1,6 @@
-//! The FUSE adapter: unpacks each request, calls [`XtsFs`], and turns its `Result` into a
-//! reply. No filesystem logic lives here.
+//! The FUSE adapter: unpacks each request, calls [`XtsFs`], and turns its result into a
+//! reply (its error into the errno [`super::errno`] maps it to). No filesystem logic lives
+//! here.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -7,13 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    BsdFileFlags, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::{CallerIds, Entry, Opened, SetAttr, XattrReply, XtsFs};
+use super::{CallerIds, Entry, FsResult, Opened, SetAttr, XattrReply, XtsFs};
 use crate::fs::attr::Times;
 
 /// How long the kernel may cache attributes and names. All changes go through this
@@ -40,24 +41,31 @@ fn caller(req: &Request) -> CallerIds {
     }
 }
 
-fn reply_entry(reply: ReplyEntry, result: Result<Entry, Errno>) {
+fn reply_entry(reply: ReplyEntry, result: FsResult<Entry>) {
     match result {
         Ok(entry) => reply.entry(&TTL, &entry.attr, Generation(0)),
-        Err(e) => reply.error(e),
+        Err(e) => reply.error(e.into()),
     }
 }
 
-fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
+fn reply_attr(reply: ReplyAttr, result: FsResult<FileAttr>) {
+    match result {
+        Ok(attr) => reply.attr(&TTL, &attr),
+        Err(e) => reply.error(e.into()),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: FsResult<()>) {
     match result {
         Ok(()) => reply.ok(),
-        Err(e) => reply.error(e),
+        Err(e) => reply.error(e.into()),
     }
 }
 
-fn reply_open(reply: ReplyOpen, result: Result<Opened, Errno>) {
+fn reply_open(reply: ReplyOpen, result: FsResult<Opened>) {
     match result {
         Ok(opened) => reply.opened(FileHandle(opened.fh), fopen_flags(&opened)),
-        Err(e) => reply.error(e),
+        Err(e) => reply.error(e.into()),
     }
 }
 
@@ -104,10 +112,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
-            Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(e),
-        }
+        reply_attr(reply, self.fs.getattr(ino.0));
     }
 
     fn setattr(
@@ -137,16 +142,13 @@ impl Filesystem for FuseAdapter {
             fh: fh.map(|fh| fh.0),
             caller: Some(caller(req)),
         };
-        match self.fs.setattr(ino.0, change) {
-            Ok(attr) => reply.attr(&TTL, &attr),
-            Err(e) => reply.error(e),
-        }
+        reply_attr(reply, self.fs.setattr(ino.0, change));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -249,8 +251,8 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         crate::fs::contents::with_thread_buffer(|buf| match self.fs.read(fh.0, offset, size, buf) {
-            Ok(range) => reply.data(&buf[range]),
-            Err(e) => reply.error(e),
+            Ok(range) => reply.data(buf.get(range).unwrap_or_default()),
+            Err(e) => reply.error(e.into()),
         })
     }
 
@@ -268,7 +270,7 @@ impl Filesystem for FuseAdapter {
     ) {
         match self.fs.write(fh.0, offset, data, caller(req)) {
             Ok(written) => reply.written(written),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -313,7 +315,7 @@ impl Filesystem for FuseAdapter {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -325,29 +327,15 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let handle = match self.fs.dir_entries(fh.0) {
-            Ok(handle) => handle,
-            Err(e) => return reply.error(e),
-        };
-        let dots = [
-            (".", fuser::FileType::Directory),
-            ("..", fuser::FileType::Directory),
-        ];
-        let dot_entries = dots
-            .iter()
-            .map(|(name, kind)| (ino.0, *kind, OsStr::new(name)));
-        let listed = handle
-            .entries()
-            .iter()
-            .map(|e| (e.ino, e.kind, e.name.as_os_str()));
-        for (i, (entry_ino, kind, name)) in
-            dot_entries.chain(listed).enumerate().skip(offset as usize)
-        {
-            if reply.add(INodeNo(entry_ino), i as u64 + 1, kind, name) {
-                break;
-            }
+        let listed = self
+            .fs
+            .readdir(ino.0, fh.0, offset, |ino, next, kind, name| {
+                reply.add(INodeNo(ino), next, kind, name)
+            });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.into()),
         }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -358,45 +346,15 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (handle, dir_attr) = match self
+        let listed = self
             .fs
-            .dir_entries(fh.0)
-            .and_then(|h| Ok((h, self.fs.getattr(ino.0)?)))
-        {
-            Ok(found) => found,
-            Err(e) => return reply.error(e),
-        };
-        for i in (offset as usize)..handle.entries().len() + 2 {
-            let next = i as u64 + 1;
-            // The kernel takes no reference for "." and "..", so they need no lookup.
-            let full = match i {
-                0 => reply.add(ino, next, ".", &TTL, &dir_attr, Generation(0)),
-                1 => reply.add(ino, next, "..", &TTL, &dir_attr, Generation(0)),
-                _ => {
-                    let entry = &handle.entries()[i - 2];
-                    let Ok(found) = self.fs.lookup_listed(&handle, entry) else {
-                        continue;
-                    };
-                    let full = reply.add(
-                        found.attr.ino,
-                        next,
-                        &entry.name,
-                        &TTL,
-                        &found.attr,
-                        Generation(0),
-                    );
-                    if full {
-                        // Not sent, so the kernel will not hold this reference.
-                        self.fs.forget(found.attr.ino.0, 1);
-                    }
-                    full
-                }
-            };
-            if full {
-                break;
-            }
+            .readdirplus(ino.0, fh.0, offset, |name, next, attr| {
+                reply.add(attr.ino, next, name, &TTL, attr, Generation(0))
+            });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.into()),
         }
-        reply.ok();
     }
 
     fn releasedir(
@@ -427,7 +385,7 @@ impl Filesystem for FuseAdapter {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, 255, s.frsize,
             ),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -452,7 +410,7 @@ impl Filesystem for FuseAdapter {
                 FileHandle(opened.fh),
                 fopen_flags(&opened),
             ),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -498,10 +456,10 @@ impl Filesystem for FuseAdapter {
     }
 }
 
-fn reply_xattr(reply: ReplyXattr, result: Result<XattrReply, Errno>) {
+fn reply_xattr(reply: ReplyXattr, result: FsResult<XattrReply>) {
     match result {
         Ok(XattrReply::Size(size)) => reply.size(size),
         Ok(XattrReply::Data(data)) => reply.data(&data),
-        Err(e) => reply.error(e),
+        Err(e) => reply.error(e.into()),
     }
 }

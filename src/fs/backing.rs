@@ -17,7 +17,6 @@ use std::path::Path;
 const EMPTY: &CStr = c"";
 
 /// The flags that open a directory to list it or to work in it.
-#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
 pub const DIR_FLAGS: i32 = libc::O_RDONLY | libc::O_DIRECTORY;
 
 /// A libc return value as an `io::Result`: negative is the thread's errno.

@@ -5,12 +5,13 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::os::unix::ffi::OsStringExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::sync::{Arc, RwLock};
 
 use zeroize::Zeroize;
 
-use fuser::{Errno, FileType};
+use fuser::FileType;
 
+use super::errno::{read, recover, write, FsError, FsResult};
 use super::inode::Node;
 
 /// One entry of a directory listing, decrypted at opendir.
@@ -59,10 +60,15 @@ impl Handle {
         matches!(self.kind, HandleKind::File { .. }).then_some(&self.file)
     }
 
-    pub fn writable_file(&self) -> Result<&File, Errno> {
+    /// The backing file of a file handle; EISDIR for a directory handle.
+    pub fn readable_file(&self) -> FsResult<&File> {
+        self.file().ok_or(FsError::IsDirectory)
+    }
+
+    pub fn writable_file(&self) -> FsResult<&File> {
         match self.kind {
             HandleKind::File { writable: true } => Ok(&self.file),
-            _ => Err(Errno::EBADF),
+            _ => Err(FsError::BadHandle),
         }
     }
 
@@ -101,87 +107,68 @@ struct Table {
     withdrawn: HashSet<u64>,
 }
 
-/// Every handle table in the process, so that a lock can drop the decrypted listings of
-/// open directory handles ([`drop_all_listings`]). A daemon serves one volume.
-static TABLES: Mutex<Vec<Weak<RwLock<Table>>>> = Mutex::new(Vec::new());
-
+/// The open handles of one mount.
 pub struct HandleTable {
-    table: Arc<RwLock<Table>>,
+    table: RwLock<Table>,
     next: AtomicU64,
 }
 
 impl Default for HandleTable {
     fn default() -> Self {
-        let table = Arc::new(RwLock::new(Table {
-            handles: HashMap::new(),
-            withdrawn: HashSet::new(),
-        }));
-        let mut tables = TABLES.lock().unwrap_or_else(PoisonError::into_inner);
-        tables.retain(|t| t.strong_count() > 0);
-        tables.push(Arc::downgrade(&table));
         HandleTable {
-            table,
+            table: RwLock::new(Table {
+                handles: HashMap::new(),
+                withdrawn: HashSet::new(),
+            }),
             next: AtomicU64::new(0),
         }
     }
 }
 
 impl HandleTable {
-    pub fn insert(&self, handle: Handle) -> u64 {
+    /// Stores a handle and returns its number.
+    pub fn insert(&self, handle: Handle) -> FsResult<u64> {
+        let mut table = write(&self.table)?;
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Ok(mut table) = self.table.write() {
-            table.handles.insert(fh, Arc::new(handle));
-        }
-        fh
+        table.handles.insert(fh, Arc::new(handle));
+        Ok(fh)
     }
 
-    pub fn get(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
-        let table = self.table.read().map_err(|_| Errno::EIO)?;
+    pub fn get(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        let table = read(&self.table)?;
         if table.withdrawn.contains(&fh) {
-            return Err(Errno::EACCES);
+            return Err(FsError::ListingDropped);
         }
-        table.handles.get(&fh).cloned().ok_or(Errno::EBADF)
+        table.handles.get(&fh).cloned().ok_or(FsError::BadHandle)
     }
 
     pub fn remove(&self, fh: u64) {
-        if let Ok(mut table) = self.table.write() {
-            table.handles.remove(&fh);
-            table.withdrawn.remove(&fh);
-        }
+        // Recovered from poisoning: a released handle must close its backing file.
+        let mut table = recover(self.table.write());
+        table.handles.remove(&fh);
+        table.withdrawn.remove(&fh);
     }
-}
 
-/// Drops the decrypted listing of every open directory handle in `table` (at a lock). A
-/// readdir in flight finishes with the listing it holds, which is zeroed when it is done.
-fn drop_listings(table: &RwLock<Table>) {
-    let dropped: Vec<Arc<Handle>> = {
-        let mut table = table.write().unwrap_or_else(PoisonError::into_inner);
-        let dirs: Vec<u64> = table
-            .handles
-            .iter()
-            .filter(|(_, h)| h.is_dir())
-            .map(|(fh, _)| *fh)
-            .collect();
-        let mut dropped = Vec::with_capacity(dirs.len());
-        for fh in dirs {
-            dropped.extend(table.handles.remove(&fh));
-            table.withdrawn.insert(fh);
-        }
-        dropped
-    };
-    // Zeroed here, outside the table's lock, unless a readdir still holds one.
-    drop(dropped);
-}
-
-/// Drops the decrypted listings of every handle table in the process.
-pub fn drop_all_listings() {
-    let tables: Vec<Arc<RwLock<Table>>> = TABLES
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .filter_map(Weak::upgrade)
-        .collect();
-    for table in tables {
-        drop_listings(&table);
+    /// Drops the decrypted listing of every open directory handle (at a lock). A readdir
+    /// in flight finishes with the listing it holds, which is zeroed when it is done.
+    pub fn drop_listings(&self) {
+        let dropped: Vec<Arc<Handle>> = {
+            // Recovered from poisoning: the listings must go whatever happened before.
+            let mut table = recover(self.table.write());
+            let dirs: Vec<u64> = table
+                .handles
+                .iter()
+                .filter(|(_, h)| h.is_dir())
+                .map(|(fh, _)| *fh)
+                .collect();
+            let mut dropped = Vec::with_capacity(dirs.len());
+            for fh in dirs {
+                dropped.extend(table.handles.remove(&fh));
+                table.withdrawn.insert(fh);
+            }
+            dropped
+        };
+        // Zeroed here, outside the table's lock, unless a readdir still holds one.
+        drop(dropped);
     }
 }

@@ -15,10 +15,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use fuser::Errno;
-
-use super::contents::{self, HeaderProblem};
-use super::errno::{corrupt, lock};
+use super::contents::{self, Contents, HeaderProblem};
+use super::errno::{corrupt, lock, recover, FsError, FsResult};
 use crate::crypto::xts::Xts256;
 use crate::crypto::VolumeKey;
 use crate::volume::file_header::{FileFormat, FileHeader, FILE_HEADER_LEN};
@@ -52,6 +50,17 @@ pub struct FileKey {
     pub format: FileFormat,
 }
 
+impl FileKey {
+    /// The contents of `file` under this key.
+    pub fn contents<'a>(&'a self, file: &'a File) -> Contents<'a> {
+        Contents {
+            file,
+            cipher: &self.cipher,
+            format: self.format,
+        }
+    }
+}
+
 impl Node {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -70,12 +79,12 @@ impl Node {
 
     /// The file's format: the volume's, or in a format 1 volume the one its header says.
     /// An empty or unreadable file counts as the volume's (reads report the damage).
-    pub fn format(&self, volume: VolumeFormat) -> FileFormat {
+    pub fn format(&self, volume: VolumeFormat) -> FsResult<FileFormat> {
         if volume == VolumeFormat::V2 {
-            return FileFormat::V2;
+            return Ok(FileFormat::V2);
         }
-        if let Some(format) = self.format.lock().ok().and_then(|f| *f) {
-            return format;
+        if let Some(format) = *lock(&self.format)? {
+            return Ok(format);
         }
         let mut bytes = [0u8; FILE_HEADER_LEN];
         let header = super::backing::reopen_quiet(self.fd(), libc::O_RDONLY | libc::O_NONBLOCK)
@@ -84,10 +93,10 @@ impl Node {
             .and_then(|()| FileHeader::decode(&bytes).ok());
         match header {
             Some(header) => {
-                self.remember_format(header.format);
-                header.format
+                self.remember_format(header.format)?;
+                Ok(header.format)
             }
-            None => volume.new_files(),
+            None => Ok(volume.new_files()),
         }
     }
 
@@ -99,7 +108,7 @@ impl Node {
         file: &File,
         dek: &VolumeKey,
         volume: VolumeFormat,
-    ) -> Result<Option<Arc<FileKey>>, Errno> {
+    ) -> FsResult<Option<Arc<FileKey>>> {
         let mut cached = lock(&self.key)?;
         if let Some(key) = cached.as_ref() {
             return Ok(Some(key.clone()));
@@ -107,14 +116,14 @@ impl Node {
         let header = match contents::read_header(file, volume) {
             Ok(Some(header)) => header,
             Ok(None) => return Ok(None),
-            Err(HeaderProblem::Io(e)) => return Err(Errno::from(e)),
+            Err(HeaderProblem::Io(e)) => return Err(FsError::from(e)),
             Err(e) => return Err(corrupt(self.fd(), &e)),
         };
         let key = Arc::new(FileKey {
             cipher: dek.file_cipher(&header.nonce),
             format: header.format,
         });
-        self.remember_format(header.format);
+        self.remember_format(header.format)?;
         *cached = Some(key.clone());
         Ok(Some(key))
     }
@@ -126,14 +135,14 @@ impl Node {
         file: &File,
         dek: &VolumeKey,
         volume: VolumeFormat,
-    ) -> Result<Arc<FileKey>, Errno> {
+    ) -> FsResult<Arc<FileKey>> {
         if let Some(key) = self.key(file, dek, volume)? {
             return Ok(key);
         }
         let format = volume.new_files();
-        let header = FileHeader::generate(format).map_err(|_| Errno::EIO)?;
-        contents::start_file(file, &header).map_err(Errno::from)?;
-        self.remember_format(format);
+        let header = FileHeader::generate(format).map_err(|_| FsError::NoRandomness)?;
+        contents::start_file(file, &header)?;
+        self.remember_format(format)?;
         let key = Arc::new(FileKey {
             cipher: dek.file_cipher(&header.nonce),
             format,
@@ -142,21 +151,17 @@ impl Node {
         Ok(key)
     }
 
-    fn remember_format(&self, format: FileFormat) {
-        if let Ok(mut cached) = self.format.lock() {
-            *cached = Some(format);
-        }
+    fn remember_format(&self, format: FileFormat) -> FsResult<()> {
+        *lock(&self.format)? = Some(format);
+        Ok(())
     }
 
     /// Drops the cached contents key (it zeroizes when the last user is done) and the
     /// format that came with it.
     pub fn forget_key(&self) {
-        if let Ok(mut cached) = self.key.lock() {
-            *cached = None;
-        }
-        if let Ok(mut cached) = self.format.lock() {
-            *cached = None;
-        }
+        // Recovered from poisoning: a key must go whatever happened before.
+        *recover(self.key.lock()) = None;
+        *recover(self.format.lock()) = None;
     }
 }
 
@@ -189,16 +194,16 @@ impl InodeTable {
         }
     }
 
-    pub fn get(&self, id: u64) -> Result<Arc<Node>, Errno> {
+    pub fn get(&self, id: u64) -> FsResult<Arc<Node>> {
         lock(&self.tables)?
             .nodes
             .get(&id)
             .cloned()
-            .ok_or(Errno::ESTALE)
+            .ok_or(FsError::UnknownNode)
     }
 
     /// Registers one kernel lookup of the object `fd` names (stat'ed as `st`).
-    pub fn intern(&self, fd: OwnedFd, st: &libc::stat) -> Result<Arc<Node>, Errno> {
+    pub fn intern(&self, fd: OwnedFd, st: &libc::stat) -> FsResult<Arc<Node>> {
         let key = (st.st_dev, st.st_ino);
         let mut tables = lock(&self.tables)?;
         if let Some(node) = tables
@@ -227,9 +232,9 @@ impl InodeTable {
         if id == ROOT_ID {
             return;
         }
-        let Ok(mut tables) = self.tables.lock() else {
-            return;
-        };
+        // Recovered from poisoning: the kernel has dropped its references, and the node
+        // and its fd must go with them.
+        let mut tables = recover(self.tables.lock());
         let Some(node) = tables.nodes.get(&id) else {
             return;
         };
@@ -245,17 +250,15 @@ impl InodeTable {
 
     /// Ids of every node the kernel may hold.
     pub fn ids(&self) -> Vec<u64> {
-        self.tables
-            .lock()
-            .map(|t| t.nodes.keys().copied().collect())
-            .unwrap_or_default()
+        // Recovered from poisoning: at a lock, every node must be invalidated.
+        recover(self.tables.lock()).nodes.keys().copied().collect()
     }
 
     /// Drops every cached contents key.
     pub fn forget_keys(&self) {
-        if let Ok(tables) = self.tables.lock() {
-            tables.nodes.values().for_each(|node| node.forget_key());
-        }
+        // Recovered from poisoning: at a lock, every key must go.
+        let tables = recover(self.tables.lock());
+        tables.nodes.values().for_each(|node| node.forget_key());
     }
 }
 

@@ -2,8 +2,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use fuser::Errno;
-
+use super::errno::{read, recover, FsError};
 use crate::crypto::names::NameCipher;
 use crate::crypto::VolumeKey;
 
@@ -37,38 +36,20 @@ impl Keyring {
     }
 
     /// The secrets, or EACCES while the volume is locked.
-    pub fn get(&self) -> Result<Arc<VolumeSecrets>, Errno> {
-        self.current
-            .read()
-            .map_err(|_| Errno::EIO)?
-            .clone()
-            .ok_or(Errno::EACCES)
+    pub fn get(&self) -> Result<Arc<VolumeSecrets>, FsError> {
+        read(&self.current)?.clone().ok_or(FsError::Locked)
     }
 
-    /// Stops serving. The DEK is zeroized as soon as in-flight requests drop their
-    /// references to it; every thread's contents buffer is wiped (a thread serving a
-    /// request now wipes its own when done, before serving again), and open directory
-    /// handles drop their decrypted listings.
-    ///
-    /// Buffers and listings are process-wide: a daemon serves one volume, and a lock of
-    /// any volume in a process that serves several wipes them all (they are caches).
+    /// Stops serving: no request gets the secrets any more, and the DEK is zeroized as
+    /// soon as in-flight requests drop their references to it. (`XtsFs::withdraw_keys`
+    /// drops the rest: file keys, contents buffers, directory listings.)
     pub fn withdraw(&self) {
-        *self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        super::contents::wipe_thread_buffers();
-        super::handle::drop_all_listings();
+        // Recovered from poisoning: the keys must go whatever happened before.
+        *recover(self.current.write()) = None;
     }
 
     pub fn restore(&self, secrets: VolumeSecrets) {
-        *self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(secrets));
-    }
-
-    pub fn is_serving(&self) -> bool {
-        self.get().is_ok()
+        // Recovered from poisoning: the value is replaced whole.
+        *recover(self.current.write()) = Some(Arc::new(secrets));
     }
 }
