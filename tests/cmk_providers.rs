@@ -588,14 +588,7 @@ fn a_wrong_pin_suspends_logins_until_the_pin_file_changes() {
     token.keypair("kek", "01", "rsa:2048");
     let mut m = env.initialized(&["--key", &token.uri("kek", "")]);
     let pin = path_str(&token.pin_file).to_string();
-    m.mount(&[
-        "--key-check-interval",
-        "100ms",
-        "--key-check-timeout",
-        "10s",
-        "--pkcs11-pin-source",
-        &pin,
-    ]);
+    m.mount_checking_key(&["--pkcs11-pin-source", &pin]);
     fs::write(m.path("data"), b"behind the token").unwrap();
 
     fs::write(&token.pin_file, "9999\n").unwrap();
@@ -910,14 +903,7 @@ fn a_header_may_only_name_kms_programs_in_trusted_directories() {
 /// file, runs `revoke`, expects EACCES, runs `restore`, and expects the data back.
 fn revoke_while_mounted(env: &TestEnv, key: &str, revoke: impl FnOnce(), restore: impl FnOnce()) {
     let mut m = env.initialized(&["--key", key]);
-    m.mount(&[
-        "--key-check-interval",
-        "100ms",
-        "--key-check-timeout",
-        "10s",
-        "--on-key-loss",
-        "lock",
-    ]);
+    m.mount_checking_key(&["--on-key-loss", "lock"]);
     let mut file = fs::File::create(m.path("acknowledged")).unwrap();
     std::io::Write::write_all(&mut file, b"fsynced before revocation").unwrap();
     file.sync_all().unwrap();

@@ -34,14 +34,7 @@ fn has_event(events: &[serde_json::Value], event: &str, outcome: &str) -> bool {
 fn pem_volume<'a>(env: &'a TestEnv, policy: &str) -> (common::mount::Mounted<'a>, PathBuf) {
     let key = env.rsa_key("kek.pem", 2048);
     let mut m = env.initialized(&["--key", &format!("pem:{}", key.display())]);
-    m.mount(&[
-        "--key-check-interval",
-        "100ms",
-        "--key-check-timeout",
-        "10s",
-        "--on-key-loss",
-        policy,
-    ]);
+    m.mount_checking_key(&["--on-key-loss", policy]);
     (m, key)
 }
 
@@ -103,16 +96,7 @@ fn alert_policy_keeps_serving_and_refuses_rewrap_until_the_key_returns() {
     let mut m = env.initialized(&["--key", &format!("pem:{}", key.display())]);
     let backing = path_str(&m.backing).to_string();
     // --audit-log is global, so it may follow the subcommand like the rest.
-    m.mount(&[
-        "--audit-log",
-        path_str(&audit),
-        "--key-check-interval",
-        "100ms",
-        "--key-check-timeout",
-        "10s",
-        "--on-key-loss",
-        "alert",
-    ]);
+    m.mount_checking_key(&["--audit-log", path_str(&audit), "--on-key-loss", "alert"]);
     fs::write(m.path("data"), b"kept").unwrap();
 
     set_mode(&key, 0o644);
@@ -162,14 +146,7 @@ fn online_rewrap_chain_under_load_changes_no_data_byte() {
     let mut m = env.initialized(&[]);
     let backing = path_str(&m.backing).to_string();
     // --audit-log is global, so it may follow the subcommand like the rest.
-    m.mount(&[
-        "--audit-log",
-        path_str(&audit),
-        "--key-check-interval",
-        "100ms",
-        "--key-check-timeout",
-        "10s",
-    ]);
+    m.mount_checking_key(&["--audit-log", path_str(&audit)]);
     for i in 0..8 {
         fs::write(
             m.path(&format!("still-{i}")),
@@ -278,14 +255,7 @@ fn mounted_volume_follows_a_rotated_platform_key() {
     let audit = env.path("audit.log");
     let mut m = env.initialized(&[]);
     // --audit-log is global, so it may follow the subcommand like the rest.
-    m.mount(&[
-        "--audit-log",
-        path_str(&audit),
-        "--key-check-interval",
-        "100ms",
-        "--key-check-timeout",
-        "10s",
-    ]);
+    m.mount_checking_key(&["--audit-log", path_str(&audit)]);
     fs::write(m.path("f"), b"survives rotation").unwrap();
     assert_success(&env.xtsfs(&["platform-key", "rotate", "default"]), "rotate");
     // The header is replaced first, then the host's record of it is committed, then the

@@ -217,12 +217,7 @@ fn restoring_an_old_header_does_not_undo_a_revocation() {
         0,
     );
     let mut m = env.existing();
-    m.mount(&[
-        "--key-check-interval",
-        "100ms",
-        "--key-check-timeout",
-        "10s",
-    ]);
+    m.mount_checking_key(&[]);
     fs::write(m.path("data"), b"locked away").unwrap();
     fs::rename(&key, env.path("kek.pem.revoked")).unwrap();
     wait_for_state(&env, &m.mountpoint, "locked");
@@ -512,12 +507,7 @@ fn directory_handles_drop_their_listing_at_a_lock() {
     let env = TestEnv::new();
     let key = env.rsa_key("kek.pem", 2048);
     let mut m = env.initialized(&["--key", &format!("pem:{}", key.display())]);
-    m.mount(&[
-        "--key-check-interval",
-        "100ms",
-        "--key-check-timeout",
-        "10s",
-    ]);
+    m.mount_checking_key(&[]);
     fs::create_dir(m.path("dir")).unwrap();
     fs::write(m.path("dir/secret-name"), b"").unwrap();
     let dir = m.path("dir");

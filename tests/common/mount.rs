@@ -10,6 +10,15 @@ use std::time::{Duration, Instant};
 
 use super::{contains, path_str, TestEnv};
 
+/// `xtsfs mount` arguments for a key check every 100 ms with a 10 s timeout: a test sees
+/// a key change at once.
+pub const FAST_KEY_CHECK: [&str; 4] = [
+    "--key-check-interval",
+    "100ms",
+    "--key-check-timeout",
+    "10s",
+];
+
 /// A volume mounted by the real `xtsfs mount` (as root, over /dev/fuse).
 pub struct Mounted<'a> {
     env: &'a TestEnv,
@@ -59,6 +68,13 @@ impl Mounted<'_> {
     /// The backing directory holding the encrypted tree.
     pub fn tree(&self) -> PathBuf {
         self.backing.join("tree")
+    }
+
+    /// Mounts with [`FAST_KEY_CHECK`] and `extra` arguments.
+    pub fn mount_checking_key(&mut self, extra: &[&str]) {
+        let mut args = FAST_KEY_CHECK.to_vec();
+        args.extend_from_slice(extra);
+        self.mount(&args);
     }
 
     pub fn mount(&mut self, extra: &[&str]) {
