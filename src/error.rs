@@ -93,25 +93,42 @@ pub enum Error {
         message: String,
         hint: Option<String>,
     },
-    #[error("{context} '{path}': {source}")]
-    Io {
-        context: String,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+/// An I/O error with what was being done, and to which path: the one I/O error of the
+/// crate, inside [`Error::Io`] and [`KeyError::Io`] alike.
+#[derive(Debug, thiserror::Error)]
+#[error("{context} '{path}': {source}")]
+pub struct IoError {
+    pub context: String,
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// The one way to give an I/O error its context: `.map_err(io_error("cannot open", path))?`
+/// in a function that returns [`Error`] or [`KeyError`].
+pub fn io_error(
+    context: impl Into<String>,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> IoError {
+    let (context, path) = (context.into(), path.into());
+    move |source| IoError {
+        context,
+        path,
+        source,
+    }
 }
 
 impl Error {
+    /// [`io_error`] where an [`Error`] is needed without `?`.
     pub fn io(
         context: impl Into<String>,
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Error {
-        let (context, path) = (context.into(), path.into());
-        move |source| Error::Io {
-            context,
-            path,
-            source,
-        }
+        let io = io_error(context, path);
+        move |source| Error::Io(io(source))
     }
 
     pub fn exit_code(&self) -> ExitCode {
@@ -155,7 +172,7 @@ impl Error {
             )),
             Error::Mount(_) => None,
             Error::Daemon { hint, .. } => hint.clone(),
-            Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+            Error::Io(e) if e.source.raw_os_error() == Some(libc::ENOSPC) => {
                 Some("the backing file system is full: free space, then retry".into())
             }
             Error::Io { .. } => None,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::crypto::hex;
 use crate::keys::KeyDescription;
 
 pub const DEFAULT_RUN_DIR: &str = "/run/xtsfs";
@@ -78,8 +79,7 @@ pub struct LiveStatus {
 pub fn status_path(run_dir: &Path, backing: &Path) -> PathBuf {
     use std::os::unix::ffi::OsStrExt;
     let digest = Sha256::digest(backing.as_os_str().as_bytes());
-    let name: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    run_dir.join(format!("{name}.json"))
+    run_dir.join(format!("{}.json", hex(&digest[..12])))
 }
 
 impl LiveStatus {

@@ -105,3 +105,24 @@ pub fn random_array<const N: usize>() -> Result<[u8; N], RandomError> {
     getrandom::fill(&mut bytes)?;
     Ok(bytes)
 }
+
+/// Lowercase hex, two digits a byte: the crate's one encoder, for public values only
+/// (digests, key check values, key versions, volume ids, file names made from them).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_is_two_lowercase_digits_a_byte() {
+        assert_eq!(super::hex(&[]), "");
+        assert_eq!(super::hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+    }
+}

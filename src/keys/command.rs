@@ -15,7 +15,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::secure_file::check_owner_and_mode;
+use super::secure_file::check_trusted_file;
 use super::{KeyDescription, KeyError, KeyKind, KeyProvider, Protector};
 use crate::crypto::VolumeKey;
 
@@ -93,20 +93,14 @@ impl CommandProvider {
     /// Checks who may replace the program (see [`check_trusted_file`]) and reads
     /// [`TIMEOUT_ENV`]; the program is not run yet.
     pub fn open(program: &Path, version: Option<&str>) -> Result<Self, KeyError> {
-        let program =
-            std::path::absolute(program).map_err(super::io_error("cannot resolve", program))?;
+        let program = std::path::absolute(program)
+            .map_err(crate::error::io_error("cannot resolve", program))?;
         check_trusted_file(&program, "KMS command")?;
         Ok(CommandProvider {
             program,
             version: version.map(str::to_owned),
             timeout: timeout_from_env()?,
         })
-    }
-
-    /// Overrides the per-run time limit.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
     }
 
     /// Lowers the per-run time limit to `cap` if it is longer (a key check's deadline).
@@ -504,26 +498,6 @@ fn timeout_from_env() -> Result<Duration, KeyError> {
         .ok_or_else(|| KeyError::Config(format!(
             "{TIMEOUT_ENV}='{text}' is not a time limit (give seconds, e.g. 60, or a duration such as 90s or 2m)"
         )))
-}
-
-/// Code that xtsfs runs or loads (a KMS command, a PKCS#11 module) runs with xtsfs's
-/// privileges and sees the volume key, so, like sudo and ssh, refuse one that someone
-/// other than this user or root could have replaced.
-pub(crate) fn check_trusted_file(path: &Path, what: &str) -> Result<(), KeyError> {
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        ErrorKind::NotFound => {
-            KeyError::NotFound(format!("{what} '{}' does not exist", path.display()))
-        }
-        _ => super::io_error("cannot stat", path)(e),
-    })?;
-    if !meta.is_file() {
-        return Err(KeyError::NotFound(format!(
-            "{what} '{}' is not a regular file",
-            path.display()
-        )));
-    }
-    // Others may run it, but nobody but its owner may change it.
-    check_owner_and_mode(path, &meta, 0o022)
 }
 
 #[cfg(test)]

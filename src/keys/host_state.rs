@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::secure_file::check_private;
-use super::{io_error, KeyDescription, KeyError, Protector};
+use super::{KeyDescription, KeyError, Protector};
+use crate::crypto::hex;
+use crate::error::io_error;
 
 pub const DEFAULT_DIR: &str = "/var/lib/xtsfs/volume-state";
 const SUSPENDED_DIR: &str = "pkcs11-suspended";
@@ -143,13 +145,15 @@ impl HostState {
         if create {
             match DirBuilder::new().recursive(true).mode(0o700).create(dir) {
                 Ok(()) => {}
-                Err(e) => return Err(io_error("cannot create the host state directory", dir)(e)),
+                Err(e) => {
+                    return Err(io_error("cannot create the host state directory", dir)(e).into())
+                }
             }
         }
         let meta = match fs::symlink_metadata(dir) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_error("cannot open the host state directory", dir)(e)),
+            Err(e) => return Err(io_error("cannot open the host state directory", dir)(e).into()),
         };
         if !meta.is_dir() {
             return Err(KeyError::Config(format!(
@@ -276,7 +280,7 @@ impl HostState {
     pub fn lift(&self, path: &Path) -> Result<(), KeyError> {
         match fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(io_error("cannot remove", path)(e))
+                Err(io_error("cannot remove", path)(e).into())
             }
             _ => Ok(()),
         }
@@ -293,7 +297,7 @@ fn read_small(path: &Path) -> Result<Option<Vec<u8>>, KeyError> {
     {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error("cannot open", path)(e)),
+        Err(e) => return Err(io_error("cannot open", path)(e).into()),
     };
     let meta = file.metadata().map_err(io_error("cannot stat", path))?;
     if !meta.is_file() {
@@ -314,7 +318,7 @@ fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let tmp = path.with_extension("tmp");
     match fs::remove_file(&tmp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io_error("cannot remove", &tmp)(e))
+            return Err(io_error("cannot remove", &tmp)(e).into())
         }
         _ => {}
     }
@@ -334,11 +338,8 @@ fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io_error("cannot sync", dir))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+        .map_err(io_error("cannot sync", dir))?;
+    Ok(())
 }
 
 pub fn now() -> String {

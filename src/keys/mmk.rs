@@ -13,9 +13,10 @@ use aes::cipher::KeyInit;
 use aes_kw::KwpAes256;
 
 use super::secure_file::{check_private, read_private};
-use super::{io_error, KeyDescription, KeyError, KeyKind, KeyProvider, Protector};
+use super::{KeyDescription, KeyError, KeyKind, KeyProvider, Protector};
 use crate::crypto::secret::SecretBytes;
 use crate::crypto::{VolumeKey, DEK_LEN};
+use crate::error::io_error;
 
 pub const ALGORITHM: &str = "A256KWP";
 const KEY_LEN: usize = 32;
@@ -57,7 +58,7 @@ impl PlatformKeyStore {
                 "the platform key store '{}' does not exist",
                 dir.display()
             )),
-            _ => io_error("cannot open platform key store", dir)(e),
+            _ => io_error("cannot open platform key store", dir)(e).into(),
         })?;
         if !meta.is_dir() {
             return Err(KeyError::NotFound(format!(
@@ -162,7 +163,8 @@ impl PlatformKeyStore {
         linked?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(io_error("cannot sync", &self.dir))
+            .map_err(io_error("cannot sync", &self.dir))?;
+        Ok(())
     }
 
     fn read_key(&self, id: &str, version: u32) -> Result<SecretBytes<KEY_LEN>, KeyError> {

@@ -14,7 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::crypto::VolumeKey;
+use crate::error::{io_error, IoError};
 pub use pkcs11::Pkcs11Uri;
+
+/// The RSA key sizes PEM and PKCS#11 keys may have, in bits.
+pub const SUPPORTED_BITS: [usize; 3] = [2048, 3072, 4096];
 pub use protector::{KeyDescription, KeyKind, Protector};
 
 /// Wraps and unwraps the volume data key with one key-encryption key.
@@ -112,37 +116,8 @@ impl KeyContext {
         if !trusted {
             return Err(KeyError::Untrusted(path.into()));
         }
-        check_dir_chain(&dir)
+        secure_file::check_dir_chain(&dir)
     }
-}
-
-/// As ssh's StrictModes: the directory a trusted program or module is in, and every
-/// directory above it, must belong to root or this user and be writable by nobody else
-/// (a sticky, root-owned directory such as /tmp is allowed above the program's own
-/// directory, which is what sticky means). Otherwise whoever can write one of them can
-/// swap the program for their own.
-pub fn check_dir_chain(dir: &Path) -> Result<(), KeyError> {
-    use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    for (depth, ancestor) in dir.ancestors().enumerate() {
-        let meta = std::fs::metadata(ancestor).map_err(io_error("cannot stat", ancestor))?;
-        if meta.uid() != 0 && meta.uid() != euid {
-            return Err(KeyError::WrongOwner {
-                path: ancestor.into(),
-                owner: meta.uid(),
-                expected: euid,
-            });
-        }
-        let sticky = meta.mode() & libc::S_ISVTX != 0 && meta.uid() == 0;
-        if meta.mode() & 0o022 != 0 && !(sticky && depth > 0) {
-            return Err(KeyError::TooOpen {
-                path: ancestor.into(),
-                mode: meta.mode() & 0o7777,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Key versions are sent to KMS programs, recorded in headers and printed: 1-256
@@ -343,12 +318,8 @@ pub enum KeyError {
     Protocol { program: PathBuf, detail: String },
     #[error("{0}")]
     Config(String),
-    #[error("{context} '{path}': {source}")]
-    Io {
-        context: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error(transparent)]
     Random(#[from] crate::crypto::RandomError),
 }
@@ -382,20 +353,8 @@ impl KeyError {
                 program.display()
             ),
             KeyError::Config(_) => "fix or unset the setting named above".into(),
-            KeyError::Io { .. } => "check that the path exists and is readable".into(),
+            KeyError::Io(_) => "check that the path exists and is readable".into(),
             KeyError::Random(_) => "the system's random source is broken; do not create volumes on this machine".into(),
         }
-    }
-}
-
-pub(crate) fn io_error(
-    context: &'static str,
-    path: impl Into<PathBuf>,
-) -> impl FnOnce(std::io::Error) -> KeyError {
-    let path = path.into();
-    move |source| KeyError::Io {
-        context,
-        path,
-        source,
     }
 }

@@ -11,12 +11,12 @@ use rsa::traits::PublicKeyParts;
 use rsa::{Oaep, RsaPrivateKey, RsaPublicKey};
 
 use super::secure_file::read_private;
-use super::{io_error, KeyDescription, KeyError, KeyKind, KeyProvider, Protector};
+use super::{KeyDescription, KeyError, KeyKind, KeyProvider, Protector, SUPPORTED_BITS};
 use crate::crypto::secret::SecretVec;
-use crate::crypto::VolumeKey;
+use crate::crypto::{hex, VolumeKey};
+use crate::error::io_error;
 
 pub const ALGORITHM: &str = "RSA-OAEP-256";
-pub const SUPPORTED_BITS: [usize; 3] = [2048, 3072, 4096];
 const MAX_PEM_LEN: u64 = 64 * 1024;
 
 pub struct PemProvider {
@@ -147,13 +147,7 @@ pub fn spki_fingerprint(key: &RsaPublicKey) -> Result<String, KeyError> {
         .to_public_key_der()
         .map_err(|e| KeyError::Unsupported(format!("cannot encode the public key: {e}")))?;
     let digest = Sha256::digest(der.as_bytes());
-    Ok(format!(
-        "sha256:{}",
-        digest
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    ))
+    Ok(format!("sha256:{}", hex(&digest)))
 }
 
 impl KeyProvider for PemProvider {

@@ -1,13 +1,15 @@
-//! Reading key material the way ssh does: refuse files others can read or that belong
-//! to someone else, and never follow a symlink planted in a key directory.
+//! Trusting files the way ssh and sudo do: key material that others can read, or code
+//! (a KMS command, a PKCS#11 module) that others can change, or that belongs to someone
+//! else, is refused, and a symlink planted in a key directory is never followed.
 
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use super::{io_error, KeyError};
+use super::KeyError;
 use crate::crypto::secret::SecretVec;
+use crate::error::io_error;
 
 /// Checks owner and mode of an open key file or key directory.
 pub(crate) fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), KeyError> {
@@ -49,7 +51,7 @@ pub(crate) fn read_private(path: &Path, limit: u64) -> Result<SecretVec, KeyErro
             std::io::ErrorKind::NotFound => {
                 KeyError::NotFound(format!("key file '{}' does not exist", path.display()))
             }
-            _ => io_error("cannot open key file", path)(e),
+            _ => io_error("cannot open key file", path)(e).into(),
         })?;
     let meta = file
         .metadata()
@@ -75,4 +77,53 @@ pub(crate) fn read_private(path: &Path, limit: u64) -> Result<SecretVec, KeyErro
         "the key file buffer was reallocated"
     );
     Ok(contents)
+}
+
+/// Code that xtsfs runs or loads (a KMS command, a PKCS#11 module) runs with xtsfs's
+/// privileges and sees the volume key, so, like sudo and ssh, refuse one that someone
+/// other than this user or root could have replaced.
+pub(crate) fn check_trusted_file(path: &Path, what: &str) -> Result<(), KeyError> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            KeyError::NotFound(format!("{what} '{}' does not exist", path.display()))
+        }
+        _ => io_error("cannot stat", path)(e).into(),
+    })?;
+    if !meta.is_file() {
+        return Err(KeyError::NotFound(format!(
+            "{what} '{}' is not a regular file",
+            path.display()
+        )));
+    }
+    // Others may run it, but nobody but its owner may change it.
+    check_owner_and_mode(path, &meta, 0o022)
+}
+
+/// As ssh's StrictModes: the directory a trusted program or module is in, and every
+/// directory above it, must belong to root or this user and be writable by nobody else
+/// (a sticky, root-owned directory such as /tmp is allowed above the program's own
+/// directory, which is what sticky means). Otherwise whoever can write one of them can
+/// swap the program for their own.
+pub(crate) fn check_dir_chain(dir: &Path) -> Result<(), KeyError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    for (depth, ancestor) in dir.ancestors().enumerate() {
+        let meta = std::fs::metadata(ancestor).map_err(io_error("cannot stat", ancestor))?;
+        if meta.uid() != 0 && meta.uid() != euid {
+            return Err(KeyError::WrongOwner {
+                path: ancestor.into(),
+                owner: meta.uid(),
+                expected: euid,
+            });
+        }
+        let sticky = meta.mode() & libc::S_ISVTX != 0 && meta.uid() == 0;
+        if meta.mode() & 0o022 != 0 && !(sticky && depth > 0) {
+            return Err(KeyError::TooOpen {
+                path: ancestor.into(),
+                mode: meta.mode() & 0o7777,
+            });
+        }
+    }
+    Ok(())
 }

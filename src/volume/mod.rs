@@ -13,7 +13,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::crypto::{random_array, VolumeKey, DATA_UNIT};
+use crate::crypto::{hex, random_array, VolumeKey, DATA_UNIT};
 use crate::error::Error;
 use crate::keys::host_state::{self, HeaderSeen, HostState, VolumeRecord};
 use crate::keys::mmk::PlatformKeyStore;
@@ -251,7 +251,7 @@ pub fn record_header(ctx: &KeyContext, header: &HeaderBody, dek: &VolumeKey) -> 
     let state = host_state(ctx)?;
     let record = VolumeRecord {
         volume_id: header.volume_id.clone(),
-        key_check: host_state::hex(&dek.check_value()),
+        key_check: hex(&dek.check_value()),
         current: HeaderSeen::new(header.epoch, &header.protector),
         pending: None,
         updated_at: host_state::now(),
@@ -334,7 +334,7 @@ pub fn check_host_record(
     let Some(state) = HostState::open(&ctx.host_state_dir, usage != RecordUse::Status)? else {
         return Ok(());
     };
-    let key_check = host_state::hex(&dek.check_value());
+    let key_check = hex(&dek.check_value());
     let verdict = match state.read_record(&header.volume_id)? {
         None => Verdict::New,
         Some(record) => judge(&record, header, &key_check),
@@ -519,13 +519,13 @@ pub fn new_uuid() -> Result<String, Error> {
     let mut b: [u8; 16] = random_array().map_err(KeyError::from)?;
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let digits = hex(&b);
     Ok(format!(
         "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
+        &digits[..8],
+        &digits[8..12],
+        &digits[12..16],
+        &digits[16..20],
+        &digits[20..]
     ))
 }
