@@ -48,11 +48,8 @@ fn daemon_pid(env: &TestEnv, mountpoint: &Path) -> i32 {
 
 fn kill_daemon(pid: i32) {
     // SAFETY: killing the daemon this test mounted.
-    assert_eq!(
-        unsafe { libc::kill(pid, libc::SIGKILL) },
-        0,
-        "kill daemon {pid}"
-    );
+    let killed = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(killed, 0, "kill daemon {pid}");
     wait_until_gone("the xtsfs daemon", || pid_alive(pid));
 }
 

@@ -130,10 +130,8 @@ fn header_lock_and_temporary_header_never_block() {
     // A foreign flock on the lock file: rewrap gives up after a few seconds of retries.
     let held = fs::File::create(&lock).unwrap();
     // SAFETY: a valid fd.
-    assert_eq!(
-        unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-        0
-    );
+    let locked = unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(locked, 0);
     let output = xtsfs_bounded(
         &env,
         &[],

@@ -207,6 +207,8 @@ fn uring_cmd(
     let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
     let iov_count: u32 = if iov.is_some() { 2 } else { 0 };
     raw[24..28].copy_from_slice(&iov_count.to_ne_bytes());
+    // SAFETY: back to the Entry128 the bytes came from, with only the plain-data len
+    // field changed.
     unsafe { std::mem::transmute(raw) }
 }
 

@@ -184,12 +184,9 @@ impl Drop for SmallFileSystem {
 
 /// The tests need root and a FUSE device; say so plainly rather than fail obscurely.
 pub fn require_fuse() {
-    // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "mount tests run as root (CI does)"
-    );
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "mount tests run as root (CI does)");
     assert!(
         Path::new("/dev/fuse").exists(),
         "mount tests need /dev/fuse (modprobe fuse)"
