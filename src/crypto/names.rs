@@ -28,6 +28,8 @@ pub const ENCRYPTED_TARGET_MAX: usize = 3050;
 pub const LONG_NAME_PREFIX: &str = "xtsfs.long.";
 /// Suffix of the side file holding a long name's full encoding.
 pub const LONG_NAME_SIDE_SUFFIX: &str = ".name";
+/// The most of a side file anyone reads: a real one holds at most 342 bytes.
+pub const LONG_NAME_SIDE_MAX: u64 = 4096;
 
 const AD_NAME: &[u8] = b"xtsfs name";
 const AD_SYMLINK: &[u8] = b"xtsfs symlink";
@@ -62,6 +64,22 @@ impl BackingName {
             BackingName::Long { entry, .. } => entry,
         }
     }
+}
+
+/// The name of the side file of the hashed long-name entry `entry`: the one place it
+/// is made.
+pub fn long_name_side_file(entry: &OsStr) -> OsString {
+    let mut side = entry.to_owned();
+    side.push(LONG_NAME_SIDE_SUFFIX);
+    side
+}
+
+/// The hashed long-name entry whose side file is `side`, if `side` names a side file.
+pub fn long_name_entry_of(side: &OsStr) -> Option<&OsStr> {
+    side.as_bytes()
+        .strip_suffix(LONG_NAME_SIDE_SUFFIX.as_bytes())
+        .filter(|entry| entry.starts_with(LONG_NAME_PREFIX.as_bytes()))
+        .map(OsStr::from_bytes)
 }
 
 /// What a backing directory entry is, seen through the name scheme.
@@ -137,9 +155,10 @@ impl NameCipher {
             "{LONG_NAME_PREFIX}{}",
             URL_SAFE_NO_PAD.encode(Sha256::digest(encoded.as_bytes()))
         );
+        let entry = OsString::from(entry);
         Ok(BackingName::Long {
-            side_file: format!("{entry}{LONG_NAME_SIDE_SUFFIX}").into(),
-            entry: entry.into(),
+            side_file: long_name_side_file(&entry),
+            entry,
             encoded: encoded.into_bytes(),
         })
     }
@@ -370,5 +389,20 @@ impl NameCipher {
             NameCipher::Plaintext => stored_len,
             NameCipher::Encrypted(_) => stored_len.saturating_sub(XATTR_VALUE_OVERHEAD),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn side_file_names_go_both_ways() {
+        let entry = OsStr::new("xtsfs.long.abc");
+        let side = long_name_side_file(entry);
+        assert_eq!(side, "xtsfs.long.abc.name");
+        assert_eq!(long_name_entry_of(&side), Some(entry));
+        assert_eq!(long_name_entry_of(OsStr::new("other.name")), None);
+        assert_eq!(long_name_entry_of(entry), None);
     }
 }

@@ -5,7 +5,10 @@
 pub mod file_header;
 pub mod fsck;
 pub mod header;
+mod lock;
 pub mod upgrade;
+
+pub use lock::try_lock_volume;
 
 use std::fs::{self, DirBuilder, File};
 use std::io::{Read, Write};
@@ -528,4 +531,28 @@ pub fn new_uuid() -> Result<String, Error> {
         &digits[16..20],
         &digits[20..]
     ))
+}
+
+/// Whether every byte is zero: a 4 KiB unit stored as zeros reads as a hole.
+pub(crate) fn is_zero(bytes: &[u8]) -> bool {
+    let (blocks, rest) = bytes.as_chunks::<16>();
+    blocks.iter().all(|b| u128::from_ne_bytes(*b) == 0) && rest.iter().all(|b| *b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_zero;
+
+    #[test]
+    fn zero_detection_covers_every_byte() {
+        for len in [0, 1, 15, 16, 17, 4096, 4100] {
+            let mut bytes = vec![0u8; len];
+            assert!(is_zero(&bytes));
+            for at in 0..len {
+                bytes[at] = 1;
+                assert!(!is_zero(&bytes), "{len} {at}");
+                bytes[at] = 0;
+            }
+        }
+    }
 }
