@@ -40,7 +40,7 @@ impl PemProvider {
 }
 
 /// Parses a PKCS#8 or PKCS#1 PEM RSA private key of a supported size.
-pub fn parse_rsa_private_key(pem: &[u8], path: &Path) -> Result<RsaPrivateKey, KeyError> {
+fn parse_rsa_private_key(pem: &[u8], path: &Path) -> Result<RsaPrivateKey, KeyError> {
     let text = std::str::from_utf8(pem)
         .map_err(|_| KeyError::Unsupported(format!("'{}' is not a PEM file", path.display())))?;
     let key = RsaPrivateKey::from_pkcs8_pem(text)
@@ -142,7 +142,7 @@ fn mgf1_xor(out: &mut [u8], seed: &[u8]) {
 }
 
 /// `sha256:` + hex SHA-256 of the DER SubjectPublicKeyInfo.
-pub fn spki_fingerprint(key: &RsaPublicKey) -> Result<String, KeyError> {
+fn spki_fingerprint(key: &RsaPublicKey) -> Result<String, KeyError> {
     let der = key
         .to_public_key_der()
         .map_err(|e| KeyError::Unsupported(format!("cannot encode the public key: {e}")))?;
