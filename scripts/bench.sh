@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks xtsfs against the bare backing directory, gocryptfs and a FUSE file system
-# that does no work (fio + Redis), then
+# Benchmarks xtsfs (format 2, and format 1 beside it) against the bare backing directory,
+# gocryptfs and a FUSE file system that does no work (fio + Redis), then
 # the XTS core against OpenSSL. Needs root (mounts, drop_caches). Options go to bench.py,
 # e.g. scripts/bench.sh --runtime 3 --size 128M --redis-keys 200000 --no-docs
 set -euo pipefail
