@@ -122,7 +122,7 @@ enum Sub {
     /// Check an unmounted volume offline, read-only: header, file headers and sizes,
     /// names, long-name side files, symlink targets, the backing root. XTS has no
     /// integrity, so fsck cannot detect changed ciphertext.
-    #[command(after_help = crate::volume::fsck::HELP)]
+    #[command(after_help = crate::commands::fsck::HELP)]
     Fsck {
         backing: PathBuf,
         /// Print one JSON object (the report) instead of lines.
@@ -461,7 +461,7 @@ impl Opts {
             } => Command::Fsck(FsckConfig {
                 backing,
                 json,
-                options: crate::volume::fsck::FsckOptions {
+                options: crate::commands::fsck::FsckOptions {
                     contents,
                     repair,
                     force,

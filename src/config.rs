@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::keys::{KeyContext, KeyRef};
-use crate::volume::fsck::FsckOptions;
 use crate::volume::header::VolumeFormat;
 
 /// FUSE request threads unless `--threads` says otherwise.
@@ -123,4 +122,15 @@ impl OnKeyLoss {
             OnKeyLoss::Alert => "alert",
         }
     }
+}
+
+/// What `xtsfs fsck` does besides checking names and headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FsckOptions {
+    /// Decrypt every file and report all-zero units.
+    pub contents: bool,
+    /// Remove orphan side files, move undecryptable entries to `lost+found`.
+    pub repair: bool,
+    /// Check a mounted volume (without `repair`).
+    pub force: bool,
 }

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
+pub use crate::io_error::{io_error, IoError};
 use crate::keys::KeyError;
-use crate::volume::header::HeaderError;
 
 /// Process exit codes, documented in `xtsfs --help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,25 @@ impl ExitCode {
     }
 }
 
+/// What is wrong with a volume header (`xtsfs.header`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("the header is {0} bytes long, too short to be an xtsfs header")]
+    Truncated(usize),
+    #[error("the header does not start with the xtsfs magic")]
+    BadMagic,
+    #[error(
+        "header format version {0} is not supported by this xtsfs (it reads versions 1 and 2)"
+    )]
+    Version(u16),
+    #[error("the header's length field says {declared} body bytes but the file holds {actual}")]
+    Length { declared: usize, actual: usize },
+    #[error("the header body is not valid: {0}")]
+    Body(String),
+    #[error("the header was modified or damaged: its MAC does not verify under the volume key")]
+    Mac,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
@@ -95,30 +114,6 @@ pub enum Error {
     },
     #[error(transparent)]
     Io(#[from] IoError),
-}
-
-/// An I/O error with what was being done, and to which path: the one I/O error of the
-/// crate, inside [`Error::Io`] and [`KeyError::Io`] alike.
-#[derive(Debug, thiserror::Error)]
-#[error("{context} '{path}': {source}")]
-pub struct IoError {
-    pub context: String,
-    pub path: PathBuf,
-    pub source: std::io::Error,
-}
-
-/// The one way to give an I/O error its context: `.map_err(io_error("cannot open", path))?`
-/// in a function that returns [`Error`] or [`KeyError`].
-pub fn io_error(
-    context: impl Into<String>,
-    path: impl Into<PathBuf>,
-) -> impl FnOnce(std::io::Error) -> IoError {
-    let (context, path) = (context.into(), path.into());
-    move |source| IoError {
-        context,
-        path,
-        source,
-    }
 }
 
 impl Error {

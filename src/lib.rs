@@ -8,6 +8,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod fs;
+pub mod io_error;
 pub mod keycheck;
 pub mod keys;
 pub mod live;

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
+use xtsfs::commands::upgrade::{self, FileOutcome, UpgradeEvent, UpgradeStatus, UPGRADE_TMP};
 use xtsfs::keys::KeyRef;
-use xtsfs::volume::upgrade::{self, FileOutcome, UpgradeEvent, UpgradeStatus, UPGRADE_TMP};
 
 use common::mount::{assert_success, Mounted, SmallFileSystem};
 use common::{

@@ -1,12 +1,13 @@
 //! What each subcommand does, given the validated [`Config`]: one module per command;
 //! `mount` and `unmount` are [`crate::mount`]'s.
 
-mod fsck;
+pub mod fsck;
 mod init;
+mod offline;
 mod platform_key;
 mod rewrap;
 mod status;
-mod upgrade;
+pub mod upgrade;
 
 use std::path::Path;
 

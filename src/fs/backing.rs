@@ -55,7 +55,6 @@ pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::
 
 /// Opens the directory at `path` (following symlinks in it: the path is the user's own
 /// choice, the backing directory or a mount point).
-#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
 pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     let path = cname(path.as_os_str())?;
     // SAFETY: NUL-terminated path; on success we own the returned fd.
@@ -66,7 +65,6 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 
 /// Opens the directory `relative` (to `tree`) one component at a time, so no component
 /// can be a symlink.
-#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
 pub fn open_dir_in(tree: BorrowedFd<'_>, relative: &Path) -> io::Result<OwnedFd> {
     let mut dir = open_at(tree, OsStr::new("."), DIR_FLAGS, 0)?;
     for component in relative.iter() {
@@ -77,7 +75,6 @@ pub fn open_dir_in(tree: BorrowedFd<'_>, relative: &Path) -> io::Result<OwnedFd>
 
 /// Opens `name` to read it without moving its atime where we may ([`open_at_quiet`]).
 /// O_NONBLOCK: a FIFO swapped in never blocks the caller.
-#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
 pub fn open_read(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     open_at_quiet(dir, name, libc::O_RDONLY | libc::O_NONBLOCK, 0)
 }
@@ -128,7 +125,6 @@ pub fn stat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
 }
 
 /// The status of `name` in `dir`, not following a final symlink.
-#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
 pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<libc::stat> {
     fstatat(dir, &cname(name)?, 0)
 }
@@ -174,7 +170,6 @@ pub fn readlink(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
 }
 
 /// The target of the symlink `name` in `dir` (never followed).
-#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
 pub fn readlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
     readlinkat(dir, &cname(name)?)
 }
@@ -244,7 +239,6 @@ pub fn link_at(fd: BorrowedFd<'_>, new_dir: BorrowedFd<'_>, new: &OsStr) -> io::
 
 /// A new name `to` in `to_dir` for the entry `from` in `from_dir` (not following it:
 /// linkat without AT_SYMLINK_FOLLOW).
-#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
 pub fn link_name_at(
     from_dir: BorrowedFd<'_>,
     from: &OsStr,
@@ -305,24 +299,15 @@ pub fn utimens(
 }
 
 /// Sets access and modification time of an open (not O_PATH) fd, both given.
-#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
 pub fn futimens(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> io::Result<()> {
     // SAFETY: a valid fd and two timespecs.
     cvt(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(drop)
 }
 
 /// fsync: for a directory, makes the entries made or removed in it durable.
-#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
 pub fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: a valid fd.
     cvt(unsafe { libc::fsync(fd.as_raw_fd()) }).map(drop)
-}
-
-/// flock(2) with `operation` (LOCK_EX, LOCK_SH, LOCK_UN, with or without LOCK_NB).
-#[allow(dead_code)] // Until volume::{upgrade, fsck} use it (issue 14).
-pub fn flock(fd: BorrowedFd<'_>, operation: i32) -> io::Result<()> {
-    // SAFETY: a valid fd.
-    cvt(unsafe { libc::flock(fd.as_raw_fd(), operation) }).map(drop)
 }
 
 pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {

@@ -11,10 +11,7 @@ use fuser::{FileAttr, FileType};
 use super::errno::{backing_path, FsResult};
 use super::handle::{DirEntry, Handle};
 use super::{attr, backing, XtsFs};
-use crate::crypto::names::{BackingEntry, NameCipher, LONG_NAME_SIDE_SUFFIX};
-
-/// The most a long name's side file holds.
-const SIDE_FILE_MAX: u64 = 4096;
+use crate::crypto::names::{long_name_side_file, BackingEntry, NameCipher, LONG_NAME_SIDE_MAX};
 
 impl XtsFs {
     pub fn opendir(&self, id: u64) -> FsResult<u64> {
@@ -121,12 +118,15 @@ fn skip(offset: u64) -> usize {
 /// side file is missing or damaged, so the listing leaves the entry out.
 fn read_long_name(dir: BorrowedFd<'_>, entry: &OsStr, names: &NameCipher) -> Option<OsString> {
     use std::io::Read;
-    let mut side = entry.to_owned();
-    side.push(LONG_NAME_SIDE_SUFFIX);
+    let side = long_name_side_file(entry);
     let mut encoded = Vec::new();
     // O_NONBLOCK: a FIFO planted in place of the side file must not stall the listing.
     let result = backing::open_at(dir, &side, libc::O_RDONLY | libc::O_NONBLOCK, 0)
-        .and_then(|fd| File::from(fd).take(SIDE_FILE_MAX).read_to_end(&mut encoded))
+        .and_then(|fd| {
+            File::from(fd)
+                .take(LONG_NAME_SIDE_MAX)
+                .read_to_end(&mut encoded)
+        })
         .map_err(|e| e.to_string())
         .and_then(|_| {
             names

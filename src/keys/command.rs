@@ -94,7 +94,7 @@ impl CommandProvider {
     /// [`TIMEOUT_ENV`]; the program is not run yet.
     pub fn open(program: &Path, version: Option<&str>) -> Result<Self, KeyError> {
         let program = std::path::absolute(program)
-            .map_err(crate::error::io_error("cannot resolve", program))?;
+            .map_err(crate::io_error::io_error("cannot resolve", program))?;
         check_trusted_file(&program, "KMS command")?;
         Ok(CommandProvider {
             program,

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use super::secure_file::check_private;
 use super::{KeyDescription, KeyError, Protector};
 use crate::crypto::hex;
-use crate::error::io_error;
+use crate::io_error::io_error;
 
 pub const DEFAULT_DIR: &str = "/var/lib/xtsfs/volume-state";
 const SUSPENDED_DIR: &str = "pkcs11-suspended";

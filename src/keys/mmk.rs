@@ -16,7 +16,7 @@ use super::secure_file::{check_private, read_private};
 use super::{KeyDescription, KeyError, KeyKind, KeyProvider, Protector};
 use crate::crypto::secret::SecretBytes;
 use crate::crypto::{VolumeKey, DEK_LEN};
-use crate::error::io_error;
+use crate::io_error::io_error;
 
 pub const ALGORITHM: &str = "A256KWP";
 const KEY_LEN: usize = 32;

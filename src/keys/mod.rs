@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::crypto::VolumeKey;
-use crate::error::{io_error, IoError};
+use crate::io_error::{io_error, IoError};
 pub use pkcs11::Pkcs11Uri;
 
 /// The RSA key sizes PEM and PKCS#11 keys may have, in bits.

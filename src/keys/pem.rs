@@ -14,7 +14,7 @@ use super::secure_file::read_private;
 use super::{KeyDescription, KeyError, KeyKind, KeyProvider, Protector, SUPPORTED_BITS};
 use crate::crypto::secret::SecretVec;
 use crate::crypto::{hex, VolumeKey};
-use crate::error::io_error;
+use crate::io_error::io_error;
 
 pub const ALGORITHM: &str = "RSA-OAEP-256";
 const MAX_PEM_LEN: u64 = 64 * 1024;

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::KeyError;
 use crate::crypto::secret::SecretVec;
-use crate::error::io_error;
+use crate::io_error::io_error;
 
 /// Checks owner and mode of an open key file or key directory.
 pub(crate) fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), KeyError> {

@@ -14,7 +14,7 @@ mod session;
 mod unmount;
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
@@ -31,7 +31,7 @@ use crate::live::{self, LiveStatus, ServingState};
 use crate::volume::header::VolumeFormat;
 use crate::volume::{self, TREE_DIR};
 
-pub use mountinfo::backing_of_mount;
+pub use mountinfo::{backing_of_mount, mount_point_of};
 pub(crate) use options::mount_flag;
 pub use session::raise_readahead;
 pub use unmount::unmount;
@@ -321,8 +321,7 @@ impl Running {
 /// volume is never served by two daemons.
 fn lock_volume(backing: &Path) -> Result<File, Error> {
     let dir = File::open(backing).map_err(Error::io("cannot open backing directory", backing))?;
-    // SAFETY: valid fd.
-    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if !volume::try_lock_volume(dir.as_fd(), backing)? {
         return Err(Error::Mount(format!(
             "the volume '{}' is already mounted by another xtsfs process",
             backing.display()

@@ -35,6 +35,20 @@ pub fn backing_of_mount(path: &Path) -> Option<PathBuf> {
     (entry.fs_type == "fuse.xtsfs").then(|| PathBuf::from(entry.source))
 }
 
+/// Where the xtsfs mount of `backing` is, if it is mounted.
+pub fn mount_point_of(backing: &Path) -> Option<PathBuf> {
+    let backing = backing.canonicalize().ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let separator = fields.iter().position(|f| *f == "-")?;
+        let is_ours = *fields.get(separator + 1)? == "fuse.xtsfs"
+            && unescape_mountinfo(fields.get(separator + 2)?) == backing.as_os_str();
+        let mountpoint = fields.get(4)?;
+        is_ours.then(|| PathBuf::from(unescape_mountinfo(mountpoint)))
+    })
+}
+
 /// `path`, canonical, if it is a directory that nothing is mounted on yet.
 pub fn check_mountpoint(path: &Path) -> Result<PathBuf, Error> {
     let canonical = path.canonicalize().map_err(|e| {

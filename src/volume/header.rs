@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::crypto::{VolumeKey, DATA_UNIT};
+/// The header's own errors, defined beside the crate error that carries them.
+pub use crate::error::HeaderError;
 use crate::keys::Protector;
 use crate::volume::file_header::FileFormat;
 
@@ -86,24 +88,6 @@ pub struct HeaderBody {
     /// From the binary prefix, not the JSON body.
     #[serde(skip)]
     pub format: VolumeFormat,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HeaderError {
-    #[error("the header is {0} bytes long, too short to be an xtsfs header")]
-    Truncated(usize),
-    #[error("the header does not start with the xtsfs magic")]
-    BadMagic,
-    #[error(
-        "header format version {0} is not supported by this xtsfs (it reads versions 1 and 2)"
-    )]
-    Version(u16),
-    #[error("the header's length field says {declared} body bytes but the file holds {actual}")]
-    Length { declared: usize, actual: usize },
-    #[error("the header body is not valid: {0}")]
-    Body(String),
-    #[error("the header was modified or damaged: its MAC does not verify under the volume key")]
-    Mac,
 }
 
 impl HeaderBody {

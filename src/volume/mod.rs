@@ -3,12 +3,7 @@
 //! can ever collide with xtsfs's own files.
 
 pub mod file_header;
-pub mod fsck;
 pub mod header;
-mod lock;
-pub mod upgrade;
-
-pub use lock::try_lock_volume;
 
 use std::fs::{self, DirBuilder, File};
 use std::io::{Read, Write};
@@ -26,9 +21,9 @@ use crate::keys::{
 use header::{HeaderBody, VolumeFormat};
 
 pub const HEADER_FILE: &str = "xtsfs.header";
-const HEADER_TMP: &str = "xtsfs.header.tmp";
+pub(crate) const HEADER_TMP: &str = "xtsfs.header.tmp";
 /// Serialises header updates between `xtsfs rewrap` and a mounted daemon's auto-rotation.
-const HEADER_LOCK: &str = "xtsfs.lock";
+pub(crate) const HEADER_LOCK: &str = "xtsfs.lock";
 pub const TREE_DIR: &str = "tree";
 const MAX_HEADER_FILE: u64 = 80 * 1024;
 /// How long a header update waits for another one (a rewrap, a mount's auto-rotation)
@@ -537,6 +532,28 @@ pub fn new_uuid() -> Result<String, Error> {
 pub(crate) fn is_zero(bytes: &[u8]) -> bool {
     let (blocks, rest) = bytes.as_chunks::<16>();
     blocks.iter().all(|b| u128::from_ne_bytes(*b) == 0) && rest.iter().all(|b| *b == 0)
+}
+
+/// Takes the volume lock, `flock` on the open backing directory `dir`, without waiting.
+/// A mounted daemon holds it for as long as it runs; `xtsfs upgrade` and `xtsfs fsck`
+/// take it too, so that a mounted volume is refused and no mount starts while they work.
+/// `Ok(true)`: taken, and held for as long as `dir` stays open. `Ok(false)`: another
+/// process holds it.
+pub fn try_lock_volume(dir: std::os::fd::BorrowedFd<'_>, backing: &Path) -> Result<bool, Error> {
+    // SAFETY: a valid fd; flock reads no memory of ours.
+    if unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } == 0
+    {
+        return Ok(true);
+    }
+    match std::io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+        e => Err(Error::io("cannot lock backing directory", backing)(e)),
+    }
 }
 
 #[cfg(test)]

@@ -51,12 +51,12 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::header::{HeaderBody, VolumeFormat};
-use super::lock::{lock_offline, open_backing};
-use super::{unlock, write_header, HeaderLock, UnlockedVolume, TREE_DIR};
+use crate::commands::offline::{lock_offline, open_backing};
 use crate::error::{Error, ExitCode};
 use crate::fs::backing::{self, DIR_FLAGS};
 use crate::keys::{KeyContext, KeyRef};
+use crate::volume::header::{HeaderBody, VolumeFormat};
+use crate::volume::{unlock, write_header, HeaderLock, UnlockedVolume, TREE_DIR};
 use index::Index;
 pub use progress::{summary, ProgressView};
 
@@ -152,7 +152,7 @@ pub fn upgrade(
     let backing_dir = open_backing(backing)?;
     lock_offline(backing_dir.as_fd(), backing)?;
     // Not a volume: fail before the header lock leaves a lock file behind.
-    super::read_header(backing)?;
+    crate::volume::read_header(backing)?;
     let _header_lock = HeaderLock::acquire(backing)?;
     let volume = unlock(backing, ctx, key)?;
     let mut run = Run {
@@ -279,4 +279,18 @@ fn changed(path: &Path) -> Error {
 
 fn parent(path: &Path) -> &Path {
     path.parent().unwrap_or(path)
+}
+/// `xtsfs upgrade`, with a progress bar on a terminal.
+pub fn run(
+    c: &crate::config::UpgradeConfig,
+    settings: &crate::config::Settings,
+) -> Result<(), Error> {
+    use std::io::IsTerminal;
+    let mut view = ProgressView::new(std::io::stderr().is_terminal());
+    let report = upgrade(&c.backing, &settings.keys, c.key.as_ref(), &mut |event| {
+        view.event(event)
+    });
+    view.finish();
+    println!("{}", summary(&report?, &c.backing));
+    Ok(())
 }

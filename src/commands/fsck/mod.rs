@@ -67,12 +67,12 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::lock::{lock_offline, open_backing};
-use super::{unlock, UnlockedVolume, TREE_DIR};
+use crate::commands::offline::{lock_offline, open_backing};
 use crate::crypto::names::NameCipher;
 use crate::error::Error;
 use crate::fs::backing::{self, DIR_FLAGS};
 use crate::keys::{KeyContext, KeyRef};
+use crate::volume::{unlock, UnlockedVolume, TREE_DIR};
 pub use progress::ProgressView;
 use report::Target;
 pub use report::{
@@ -105,15 +105,7 @@ Exit codes: 0 clean (no problems; or --repair repaired every problem it found), 
 3 key error (missing, unreadable, wrong or denied key), 4 volume error (not a volume, \
 corrupt or tampered header), 5 the volume is mounted (without --force; always with --repair).";
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FsckOptions {
-    /// Decrypt every file and report all-zero units.
-    pub contents: bool,
-    /// Remove orphan side files, move undecryptable entries to `lost+found`.
-    pub repair: bool,
-    /// Check a mounted volume (without `repair`).
-    pub force: bool,
-}
+pub use crate::config::FsckOptions;
 
 /// Checks the volume in `backing`; see the module documentation. `key` unwraps the DEK
 /// instead of the key the header records.
@@ -349,5 +341,32 @@ impl Run<'_> {
         );
         self.findings.push(finding);
         self.findings.last_mut().expect("just pushed")
+    }
+}
+/// `xtsfs fsck`: the report on stdout; exits with its code (docs in fsck::HELP).
+pub fn run(c: &crate::config::FsckConfig, settings: &crate::config::Settings) -> Result<(), Error> {
+    use std::io::{IsTerminal, Write};
+    let mut view = ProgressView::new(std::io::stderr().is_terminal(), c.options.contents);
+    let report = fsck(
+        &c.backing,
+        &settings.keys,
+        c.key.as_ref(),
+        c.options,
+        &mut |event| view.event(event),
+    );
+    view.finish();
+    let report = report?;
+    let text = match c.json {
+        true => serde_json::to_string_pretty(&report).expect("report serializes") + "\n",
+        false => render(&report),
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(Error::io("cannot write the report", "stdout"))?;
+    match report.exit_code {
+        0 => Ok(()),
+        code => std::process::exit(code.into()),
     }
 }

@@ -5,10 +5,10 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use super::{Kind, Run, LOST_FOUND};
+use crate::commands::upgrade::UPGRADE_TMP;
 use crate::error::Error;
 use crate::fs::backing::{self, DIR_FLAGS};
 use crate::keys::KeyRef;
-use crate::volume::upgrade::UPGRADE_TMP;
 use crate::volume::{HEADER_FILE, HEADER_LOCK, HEADER_TMP, TREE_DIR};
 
 impl Run<'_> {
