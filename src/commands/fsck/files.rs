@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
@@ -278,7 +277,7 @@ impl Checker<'_> {
                 FileFormat::V2 => format.data_offset() + end.next_multiple_of(16),
             };
             raw.resize((stored_end - stored_start) as usize, 0);
-            let read = read_full_at(file, raw, stored_start)
+            let read = crate::fs::contents::read_full(file, raw, stored_start)
                 .and_then(|()| contents.read(offset, (end - offset) as usize, len, buf));
             if let Err(e) = read {
                 let detail = format!("cannot read at plaintext offset {offset}: {e}");
@@ -313,22 +312,6 @@ impl Checker<'_> {
 fn counted(mut outcome: FileOutcome) -> FileOutcome {
     outcome.counted = true;
     outcome
-}
-
-/// Fills `buf` from `offset`; bytes past the end of the file read as zeros.
-fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf[done..].fill(0);
-    Ok(())
 }
 
 /// "0, 3-5, 9" from sorted unit numbers (at most 20 ranges, then "...").

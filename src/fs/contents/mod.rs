@@ -334,7 +334,7 @@ pub fn wipe_thread_buffers() {
 
 /// Reads until `buf` is full; bytes past the backing end stay zero (a concurrent shrink
 /// by another handle reads as a hole, never as stale plaintext).
-fn read_full<F: BackingFile + ?Sized>(file: &F, buf: &mut [u8], offset: u64) -> io::Result<()> {
+pub fn read_full<F: BackingFile + ?Sized>(file: &F, buf: &mut [u8], offset: u64) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], offset + done as u64) {
