@@ -396,7 +396,13 @@ def main():
             if setups:
                 setups.close()
             if label == "tmpfs":
-                sh("umount", base, check=False)
+                # The daemons may still hold it for a moment after their unmounts return.
+                for _ in range(20):
+                    if sh("umount", base, check=False).returncode == 0 or not os.path.ismount(base):
+                        break
+                    time.sleep(0.5)
+                else:
+                    print(f"could not unmount {base}", file=sys.stderr)
             shutil.rmtree(base, ignore_errors=True)
 
     markdown, ratios = table(results)
