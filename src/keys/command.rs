@@ -348,12 +348,7 @@ impl KeyProvider for CommandProvider {
             }));
         }
         Some((|| {
-            if protector.wrapped_bytes().is_none() {
-                return Err(KeyError::UnwrapFailed {
-                    key: self.name(),
-                    detail: "the wrapped key is not valid base64".into(),
-                });
-            }
+            protector.wrapped_for(&self.name())?;
             let answer = self.call(&Request {
                 xtsfs_kms: PROTOCOL_VERSION,
                 op: Op::Unwrap,

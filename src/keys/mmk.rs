@@ -264,12 +264,7 @@ impl KeyProvider for MmkProvider {
                         detail: "the protector's key version is not a number".into(),
                     })?;
             let kek = self.store.read_key(&self.id, version)?;
-            let wrapped = protector
-                .wrapped_bytes()
-                .ok_or_else(|| KeyError::UnwrapFailed {
-                    key: key.clone(),
-                    detail: "the wrapped key is not valid base64".into(),
-                })?;
+            let wrapped = protector.wrapped_for(&key)?;
             let mut plain = SecretBytes::<WRAPPED_LEN>::zeroed();
             let unwrapped = KwpAes256::new(kek.expose().into())
                 .unwrap_key(&wrapped, plain.expose_mut())

@@ -185,12 +185,7 @@ impl KeyProvider for PemProvider {
         }
         let key = format!("RSA key '{}'", self.path.display());
         Some((|| {
-            let wrapped = protector
-                .wrapped_bytes()
-                .ok_or_else(|| KeyError::UnwrapFailed {
-                    key: key.clone(),
-                    detail: "the wrapped key is not valid base64".into(),
-                })?;
+            let wrapped = protector.wrapped_for(&key)?;
             let plain =
                 oaep_sha256_decrypt(&self.key, &wrapped).ok_or_else(|| KeyError::UnwrapFailed {
                     key: key.clone(),

@@ -72,4 +72,14 @@ impl Protector {
             .decode(&self.wrapped_key)
             .ok()
     }
+
+    /// The wrapped key's bytes for `key` to unwrap; the error every provider gives when
+    /// they are not base64.
+    pub fn wrapped_for(&self, key: &str) -> Result<Vec<u8>, super::KeyError> {
+        self.wrapped_bytes()
+            .ok_or_else(|| super::KeyError::UnwrapFailed {
+                key: key.to_string(),
+                detail: "the wrapped key is not valid base64".into(),
+            })
+    }
 }

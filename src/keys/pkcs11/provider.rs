@@ -282,12 +282,7 @@ impl KeyProvider for Pkcs11Provider {
                     detail: format!("unknown wrap algorithm '{}'", protector.key.algorithm),
                 }
             })?;
-            let wrapped = protector
-                .wrapped_bytes()
-                .ok_or_else(|| KeyError::UnwrapFailed {
-                    key: key.clone(),
-                    detail: "the wrapped key is not valid base64".into(),
-                })?;
+            let wrapped = protector.wrapped_for(&key)?;
             let session = self.session();
             let handle = self.unwrapping_key(&session, &id)?;
             let plain: SecretVec = session
