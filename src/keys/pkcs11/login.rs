@@ -39,7 +39,9 @@ pub(super) fn login(
         Some(PinSource::File(path)) => Some(path.as_path()),
         _ => None,
     };
-    let (pin, state) = match pin {
+    // The PIN file as it was when its PIN was read: a suspension records this stamp, so a
+    // fix made while the failing login was in flight still counts as a change.
+    let (pin, state, pin_file_stamp) = match pin {
         None if info.login_required() => {
             return Err(KeyError::Denied {
                 key: token.into(),
@@ -54,7 +56,8 @@ pub(super) fn login(
             let state = HostState::open(&ctx.host_state_dir, true)?
                 .expect("the host state directory was just created");
             check_suspension(&state, identity, pin_file)?;
-            (read_pin(source)?, state)
+            let stamp = pin_file.and_then(FileStamp::of);
+            (read_pin(source)?, state, stamp)
         }
     };
     match session.login_with_raw(UserType::User, &pin) {
@@ -70,7 +73,7 @@ pub(super) fn login(
                 reason: ck_error(&e),
                 at: host_state::now(),
                 pin_file: pin_file.map(Path::to_path_buf),
-                pin_file_stamp: pin_file.and_then(FileStamp::of),
+                pin_file_stamp,
             };
             let marker = state.suspend(&suspension)?;
             tracing::error!(token, reason = %suspension.reason, "PKCS#11 login refused; no more logins to this token until the operator acts");
