@@ -90,7 +90,14 @@ impl Audit {
             error: error.map(|e| e.to_string()),
             detail,
         };
-        let line = serde_json::to_string(&record).expect("audit record serializes");
+        let line = match serde_json::to_string(&record) {
+            Ok(line) => line,
+            // Like a failed write: the event goes on, and the log says what was lost.
+            Err(e) => {
+                tracing::error!("cannot write audit log: cannot encode the {event:?} record: {e}");
+                return;
+            }
+        };
         // Info, not warn: a failing command already reports its error, and the daemon logs
         // lock and alert transitions at error level itself.
         tracing::info!(target: "xtsfs::audit", "{line}");

@@ -79,6 +79,61 @@ pub enum HeaderError {
     Mac,
 }
 
+/// Why `xtsfs upgrade` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// Files it cannot convert: the run changed nothing.
+    #[error("{}", damaged_list(.files))]
+    Damaged {
+        backing: PathBuf,
+        /// Each file's backing path and what is wrong with it.
+        files: Vec<(PathBuf, String)>,
+    },
+    /// A file is not what the index found: something wrote the backing tree during the run.
+    #[error("the backing file {} changed while the upgrade ran", .0.display())]
+    Changed(PathBuf),
+}
+
+/// Damaged files listed in [`UpgradeError::Damaged`]; the rest are counted.
+const MAX_LISTED: usize = 10;
+
+fn damaged_list(files: &[(PathBuf, String)]) -> String {
+    let mut message = match files.len() {
+        1 => "1 file cannot be upgraded:".to_string(),
+        n => format!("{n} files cannot be upgraded:"),
+    };
+    for (path, problem) in files.iter().take(MAX_LISTED) {
+        message.push_str(&format!("\n  {}: {problem}", path.display()));
+    }
+    if files.len() > MAX_LISTED {
+        message.push_str(&format!("\n  and {} more", files.len() - MAX_LISTED));
+    }
+    message
+}
+
+impl UpgradeError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            UpgradeError::Damaged { .. } => ExitCode::Volume,
+            UpgradeError::Changed(_) => ExitCode::Failure,
+        }
+    }
+
+    fn hint(&self) -> String {
+        match self {
+            UpgradeError::Damaged { backing, .. } => format!(
+                "this run changed nothing and the volume stays format 1: it mounts and reads as \
+                 before. Restore these files from a backup or delete them (through the mount, or \
+                 their backing files), then run xtsfs upgrade {} again",
+                backing.display()
+            ),
+            UpgradeError::Changed(_) => "nothing may write the backing directory during an \
+                                         upgrade; run xtsfs upgrade again to finish the job"
+                .into(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
@@ -105,9 +160,13 @@ pub enum Error {
     },
     #[error("{0}")]
     Mount(String),
-    /// An error the background mount daemon reported before it was ready.
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
+    /// An error already turned into text, with its exit code and hint: one the background
+    /// mount daemon reported before it was ready, or one [`crate::commands::run`] made
+    /// printable for the terminal.
     #[error("{message}")]
-    Daemon {
+    Rendered {
         code: ExitCode,
         message: String,
         hint: Option<String>,
@@ -118,10 +177,10 @@ pub enum Error {
 
 impl Error {
     /// [`io_error`] where an [`Error`] is needed without `?`.
-    pub fn io(
+    pub fn io<E: Into<std::io::Error>>(
         context: impl Into<String>,
         path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Error {
+    ) -> impl FnOnce(E) -> Error {
         let io = io_error(context, path);
         move |source| Error::Io(io(source))
     }
@@ -136,7 +195,8 @@ impl Error {
             | Error::Header { .. }
             | Error::HeaderRefused { .. } => ExitCode::Volume,
             Error::Mount(_) => ExitCode::Mount,
-            Error::Daemon { code, .. } => *code,
+            Error::Upgrade(e) => e.exit_code(),
+            Error::Rendered { code, .. } => *code,
             Error::Io { .. } => ExitCode::Failure,
         }
     }
@@ -166,7 +226,8 @@ impl Error {
                 record.display()
             )),
             Error::Mount(_) => None,
-            Error::Daemon { hint, .. } => hint.clone(),
+            Error::Upgrade(e) => Some(e.hint()),
+            Error::Rendered { hint, .. } => hint.clone(),
             Error::Io(e) if e.source.raw_os_error() == Some(libc::ENOSPC) => {
                 Some("the backing file system is full: free space, then retry".into())
             }

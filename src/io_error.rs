@@ -15,15 +15,17 @@ pub struct IoError {
 }
 
 /// The one way to give an I/O error its context: `.map_err(io_error("cannot open", path))?`
-/// in a function that returns `Error` or `KeyError`.
-pub fn io_error(
+/// in a function that returns `Error` or `KeyError`. It takes any error that converts to
+/// an I/O error: a serde_json error, for a record that could not be encoded on its way to
+/// `path`, is invalid data.
+pub fn io_error<E: Into<std::io::Error>>(
     context: impl Into<String>,
     path: impl Into<PathBuf>,
-) -> impl FnOnce(std::io::Error) -> IoError {
+) -> impl FnOnce(E) -> IoError {
     let (context, path) = (context.into(), path.into());
     move |source| IoError {
         context,
         path,
-        source,
+        source: source.into(),
     }
 }

@@ -67,7 +67,7 @@ pub fn is_definite(error: &Error) -> bool {
                 | KeyError::Protocol { .. }
                 | KeyError::Random(_)
         ),
-        Error::Io { .. } | Error::Daemon { .. } => false,
+        Error::Io { .. } | Error::Upgrade(_) | Error::Rendered { .. } => false,
         _ => true,
     }
 }

@@ -85,7 +85,13 @@ pub fn status_path(run_dir: &Path, backing: &Path) -> PathBuf {
 impl LiveStatus {
     /// Replaces the status file atomically.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let dir = path.parent().expect("status files live in a directory");
+        let Some(dir) = path.parent() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a status file needs a directory",
+            ));
+        };
+        let json = serde_json::to_vec_pretty(self)?;
         DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let tmp = path.with_extension("tmp");
         let mut file = File::options()
@@ -95,7 +101,7 @@ impl LiveStatus {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(self).expect("status serializes"))?;
+        file.write_all(&json)?;
         fs::rename(&tmp, path)
     }
 

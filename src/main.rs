@@ -1,3 +1,6 @@
+// As in src/lib.rs: no panic on an unexpected value.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {

@@ -23,7 +23,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let settings = &config.settings;
     // Errors quote header fields and KMS answers, which whoever wrote them controls: no
     // control characters reach the terminal.
-    dispatch(config.command, settings).map_err(|e| Error::Daemon {
+    dispatch(config.command, settings).map_err(|e| Error::Rendered {
         code: e.exit_code(),
         message: printable(&e.to_string()),
         hint: e.hint().map(|h| printable(&h)),

@@ -45,11 +45,7 @@ pub fn run(c: &StatusConfig, settings: &Settings) -> Result<(), Error> {
     let live = live_status(&backing, settings);
     if let Some(live) = live.as_ref().filter(|l| l.ephemeral) {
         // An ephemeral volume has no header: its daemon is the whole story.
-        println!(
-            "{}",
-            serde_json::to_string_pretty(live).expect("status serializes")
-        );
-        return Ok(());
+        return print_json(live);
     }
     let (body, bytes) = match volume::read_header(&backing) {
         Ok(header) => header,
@@ -57,7 +53,7 @@ pub fn run(c: &StatusConfig, settings: &Settings) -> Result<(), Error> {
         // worth printing before the error.
         Err(e) => {
             if let Some(live) = live {
-                print_live_only(&live, c.json, &e);
+                print_live_only(&live, c.json, &e)?;
             }
             return Err(e);
         }
@@ -71,10 +67,7 @@ pub fn run(c: &StatusConfig, settings: &Settings) -> Result<(), Error> {
         });
     let report = report(&body, check.as_ref().err(), live);
     if c.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("status serializes")
-        );
+        print_json(&report)?;
     } else {
         print_status(&report);
     }
@@ -84,17 +77,14 @@ pub fn run(c: &StatusConfig, settings: &Settings) -> Result<(), Error> {
 
 /// The status of a mounted volume whose header cannot be read: its daemon's view, and why
 /// the header is not shown.
-fn print_live_only(live: &LiveStatus, json: bool, error: &Error) {
+fn print_live_only(live: &LiveStatus, json: bool, error: &Error) -> Result<(), Error> {
     if json {
-        let report = serde_json::json!({
-            "key_reachable": false,
-            "key_error": error.to_string(),
-            "live": live,
-        });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("status serializes")
-        );
+        let mut report = serde_json::Map::new();
+        report.insert("key_reachable".into(), false.into());
+        report.insert("key_error".into(), error.to_string().into());
+        let live = serde_json::to_value(live).map_err(output_error())?;
+        report.insert("live".into(), live);
+        print_json(&report)?;
     } else {
         println!(
             "header:      NOT readable: {}",
@@ -117,6 +107,19 @@ fn print_live_only(live: &LiveStatus, json: bool, error: &Error) {
             }
         }
     }
+    Ok(())
+}
+
+/// The error of a status that cannot be encoded for stdout.
+fn output_error<E: Into<std::io::Error>>() -> impl FnOnce(E) -> Error {
+    Error::io("cannot write the status", "standard output")
+}
+
+/// `value` as indented JSON on stdout.
+fn print_json(value: &impl Serialize) -> Result<(), Error> {
+    let text = serde_json::to_string_pretty(value).map_err(output_error())?;
+    println!("{text}");
+    Ok(())
 }
 
 fn report<'a>(

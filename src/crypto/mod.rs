@@ -66,7 +66,14 @@ impl VolumeKey {
         self.dek.expose()
     }
 
+    // `hkdf` has no constructor from a PRK that cannot fail, and keeping the `Hkdf` that
+    // `extract` returns would keep the PRK's HMAC state outside the locked buffer. Neither
+    // call can fail: `from_prk` refuses only a PRK shorter than 64 bytes (this one is
+    // `[u8; 64]`), `expand_multi_info` only more than 255 × 64 bytes of output (N is at
+    // most 64, checked when compiling).
+    #[allow(clippy::expect_used)]
     fn derive<const N: usize>(&self, info: &[&[u8]]) -> SecretBytes<N> {
+        const { assert!(N <= PRK_LEN) };
         let mut okm = SecretBytes::<N>::zeroed();
         Hkdf::<Sha512>::from_prk(self.prk.expose())
             .expect("a 64-byte PRK is valid for HKDF-SHA512")

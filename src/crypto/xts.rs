@@ -14,6 +14,7 @@
 //!
 //! No input length panics.
 
+use aes::cipher::consts::{U32, U64};
 use aes::cipher::{Array, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use aes::Aes256;
 
@@ -45,10 +46,11 @@ pub struct Xts256 {
 impl Xts256 {
     /// `key` is K1 || K2, 32 bytes each.
     pub fn new(key: &SecretBytes<64>) -> Self {
-        let (k1, k2) = key.expose().split_at(32);
+        let key: &Array<u8, U64> = key.expose().into();
+        let (k1, k2) = key.split_ref::<U32>();
         Xts256 {
-            data: Box::new(Aes256::new(&Array::try_from(k1).expect("32-byte half"))),
-            tweak: Box::new(Aes256::new(&Array::try_from(k2).expect("32-byte half"))),
+            data: Box::new(Aes256::new(k1)),
+            tweak: Box::new(Aes256::new(k2)),
         }
     }
 
@@ -155,8 +157,9 @@ impl Xts256 {
         for chunk in body.chunks_mut(BATCH_BLOCKS * BLOCK) {
             tweak = self.batch(tweak, None, chunk, dir);
         }
-        if partial != 0 {
-            self.steal(tweak, rest, dir);
+        // `rest` is empty, or the last full block and the partial one after it.
+        if let Some((last_full, partial)) = rest.split_first_chunk_mut::<BLOCK>() {
+            self.steal(tweak, last_full, partial, dir);
         }
         Ok(())
     }
@@ -187,16 +190,15 @@ impl Xts256 {
     }
 
     /// Ciphertext stealing (IEEE 1619 §5.3.2) over the last full block and the partial
-    /// block after it; `tail` is 17..=31 bytes.
-    fn steal(&self, tweak: u128, tail: &mut [u8], dir: Direction) {
-        let (last_full, partial) = tail.split_at_mut(BLOCK);
+    /// block after it (1..=15 bytes).
+    fn steal(&self, tweak: u128, last_full: &mut [u8; BLOCK], partial: &mut [u8], dir: Direction) {
         let next_tweak = mul_alpha(tweak);
         // Encryption uses T(m-1) then T(m); decryption reverses the order.
         let (first, second) = match dir {
             Direction::Encrypt => (tweak, next_tweak),
             Direction::Decrypt => (next_tweak, tweak),
         };
-        let mut block = Array::try_from(&*last_full).expect("16 bytes");
+        let mut block = Array::from(*last_full);
         self.one_block(&mut block, first, dir);
         let m = partial.len();
         let mut stolen = block;

@@ -34,8 +34,8 @@ pub fn cname(name: &OsStr) -> io::Result<CString> {
 }
 
 /// The /proc path of an fd, for the few calls that have no fd form usable with O_PATH.
-fn proc_path(fd: BorrowedFd<'_>) -> CString {
-    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
+fn proc_path(fd: BorrowedFd<'_>) -> io::Result<CString> {
+    cname(OsStr::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())))
 }
 
 pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
@@ -87,7 +87,7 @@ pub fn open_path(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
 /// Opens the object an O_PATH fd names for I/O. Going through /proc/self/fd reaches the
 /// same inode the fd holds, never a path that could have been swapped.
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
-    let path = proc_path(fd);
+    let path = proc_path(fd)?;
     // SAFETY: NUL-terminated path; on success we own the returned fd.
     let raw = cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
     // SAFETY: raw was just returned by open.
@@ -277,7 +277,7 @@ pub fn chown(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Resu
 
 /// Sets the mode of the object an fd names, any fd (through /proc, which O_PATH fds need).
 pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
-    let path = proc_path(fd);
+    let path = proc_path(fd)?;
     // SAFETY: NUL-terminated path.
     cvt(unsafe { libc::fchmodat(libc::AT_FDCWD, path.as_ptr(), mode, 0) }).map(drop)
 }
@@ -293,7 +293,7 @@ pub fn utimens(
         tv_nsec: libc::UTIME_OMIT,
     };
     let times = [atime.unwrap_or(omit), mtime.unwrap_or(omit)];
-    let path = proc_path(fd);
+    let path = proc_path(fd)?;
     // SAFETY: NUL-terminated path and a two-element times array.
     cvt(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) }).map(drop)
 }
@@ -423,7 +423,7 @@ fn cxattr(name: &[u8]) -> io::Result<CString> {
 /// the object itself even for a symlink or FIFO): its value if it fits `max` bytes; with
 /// `max` 0, an empty value and the value's length.
 pub fn getxattr(fd: BorrowedFd<'_>, name: &[u8], max: usize) -> io::Result<(Vec<u8>, usize)> {
-    let (path, name) = (proc_path(fd), cxattr(name)?);
+    let (path, name) = (proc_path(fd)?, cxattr(name)?);
     let mut buf = vec![0u8; max];
     // SAFETY: NUL-terminated strings and a buffer of `max` bytes.
     let n = unsafe {
@@ -445,7 +445,7 @@ pub fn getxattr(fd: BorrowedFd<'_>, name: &[u8], max: usize) -> io::Result<(Vec<
 
 /// Sets one extended attribute; `flags` are XATTR_CREATE / XATTR_REPLACE.
 pub fn setxattr(fd: BorrowedFd<'_>, name: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
-    let (path, name) = (proc_path(fd), cxattr(name)?);
+    let (path, name) = (proc_path(fd)?, cxattr(name)?);
     // SAFETY: NUL-terminated strings and a value buffer of its length.
     cvt(unsafe {
         libc::setxattr(
@@ -460,7 +460,7 @@ pub fn setxattr(fd: BorrowedFd<'_>, name: &[u8], value: &[u8], flags: i32) -> io
 }
 
 pub fn removexattr(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
-    let (path, name) = (proc_path(fd), cxattr(name)?);
+    let (path, name) = (proc_path(fd)?, cxattr(name)?);
     // SAFETY: NUL-terminated strings.
     cvt(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
 }
@@ -468,7 +468,7 @@ pub fn removexattr(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
 /// The names of every extended attribute of an object, as the backing file system lists
 /// them.
 pub fn listxattr(fd: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
-    let path = proc_path(fd);
+    let path = proc_path(fd)?;
     loop {
         // SAFETY: a NULL buffer of size 0 asks for the size.
         let size = unsafe { libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0) };

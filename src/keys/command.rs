@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 use super::secure_file::check_trusted_file;
 use super::{KeyDescription, KeyError, KeyKind, KeyProvider, Protector};
 use crate::crypto::VolumeKey;
+use crate::io_error::io_error;
 
 /// The protocol version this xtsfs speaks (`xtsfs_kms` in every message).
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -93,8 +94,7 @@ impl CommandProvider {
     /// Checks who may replace the program (see [`check_trusted_file`]) and reads
     /// [`TIMEOUT_ENV`]; the program is not run yet.
     pub fn open(program: &Path, version: Option<&str>) -> Result<Self, KeyError> {
-        let program = std::path::absolute(program)
-            .map_err(crate::io_error::io_error("cannot resolve", program))?;
+        let program = std::path::absolute(program).map_err(io_error("cannot resolve", program))?;
         check_trusted_file(&program, "KMS command")?;
         Ok(CommandProvider {
             program,
@@ -211,7 +211,8 @@ impl CommandProvider {
     /// stdout and exit status. On timeout the whole group is killed, so a `sleep` or `curl`
     /// the program started does not outlive it.
     fn run(&self, request: &Request<'_>) -> Result<ProgramOutput, KeyError> {
-        let request = encode_request(request);
+        let request = encode_request(request)
+            .map_err(io_error("cannot encode the request for", &self.program))?;
         let deadline = Instant::now() + self.timeout;
         let mut child = Command::new(&self.program)
             .stdin(Stdio::piped())
@@ -377,16 +378,16 @@ impl KeyProvider for CommandProvider {
 
 /// The request as one JSON line, in a buffer sized up front so that serializing never
 /// reallocates and leaves a copy of the key behind.
-fn encode_request(request: &Request<'_>) -> Zeroizing<Vec<u8>> {
+fn encode_request(request: &Request<'_>) -> Result<Zeroizing<Vec<u8>>, serde_json::Error> {
     let variable = [request.key_version, request.plaintext, request.ciphertext]
         .iter()
         .flatten()
         .map(|s| s.len() * 6) // worst case: every byte escaped as \u00XX
         .sum::<usize>();
     let mut buffer = Zeroizing::new(Vec::with_capacity(256 + variable));
-    serde_json::to_writer(&mut *buffer, request).expect("a request serializes");
+    serde_json::to_writer(&mut *buffer, request)?;
     buffer.push(b'\n');
-    buffer
+    Ok(buffer)
 }
 
 fn parse_reply(stdout: &[u8], program: &Path) -> Result<Reply, KeyError> {
@@ -507,7 +508,8 @@ mod tests {
             key_version: None,
             plaintext: None,
             ciphertext: None,
-        });
+        })
+        .unwrap();
         assert_eq!(
             std::str::from_utf8(&request).unwrap(),
             "{\"xtsfs_kms\":1,\"op\":\"check\",\"key_version\":null}\n"
@@ -525,7 +527,7 @@ mod tests {
             plaintext: Some(&plaintext),
             ciphertext: None,
         };
-        let encoded = encode_request(&request);
+        let encoded = encode_request(&request).unwrap();
         assert!(encoded.len() <= encoded.capacity());
         assert!(encoded.capacity() == 256 + (88 + 40) * 6);
     }

@@ -15,10 +15,9 @@
 
 use std::fs::{self, DirBuilder, File};
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -27,6 +26,7 @@ use super::secure_file::check_private;
 use super::{KeyDescription, KeyError, Protector};
 use crate::crypto::hex;
 use crate::io_error::io_error;
+use crate::lock_file::{LockError, LockFile};
 
 pub const DEFAULT_DIR: &str = "/var/lib/xtsfs/volume-state";
 const SUSPENDED_DIR: &str = "pkcs11-suspended";
@@ -48,15 +48,6 @@ pub struct HeaderSeen {
 }
 
 impl HeaderSeen {
-    pub fn new(epoch: Option<u64>, protector: &Protector) -> Self {
-        let json = serde_json::to_vec(protector).expect("a protector serializes");
-        HeaderSeen {
-            epoch,
-            protector: protector.key.clone(),
-            protector_digest: hex(&Sha256::digest(&json)),
-        }
-    }
-
     pub fn describe(&self) -> String {
         match self.epoch {
             Some(epoch) => format!("epoch {epoch}, protector {}", self.protector),
@@ -139,38 +130,61 @@ pub fn validate_volume_id(id: &str) -> Result<(), KeyError> {
 }
 
 impl HostState {
-    /// Opens the state directory, creating it (mode 0700) if `create` and it is missing.
-    /// `None` if it does not exist and `create` is false.
-    pub fn open(dir: &Path, create: bool) -> Result<Option<Self>, KeyError> {
-        if create {
-            match DirBuilder::new().recursive(true).mode(0o700).create(dir) {
-                Ok(()) => {}
-                Err(e) => {
-                    return Err(io_error("cannot create the host state directory", dir)(e).into())
-                }
-            }
-        }
+    /// Opens the state directory, creating it (mode 0700) if it is missing.
+    pub fn create(dir: &Path) -> Result<Self, KeyError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_error("cannot create the host state directory", dir))?;
+        let meta = fs::symlink_metadata(dir)
+            .map_err(io_error("cannot open the host state directory", dir))?;
+        Self::checked(dir, &meta)
+    }
+
+    /// Opens the state directory; `None` if it does not exist.
+    pub fn open(dir: &Path) -> Result<Option<Self>, KeyError> {
         let meta = match fs::symlink_metadata(dir) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error("cannot open the host state directory", dir)(e).into()),
         };
+        Self::checked(dir, &meta).map(Some)
+    }
+
+    /// The state directory at `dir`, if it is a private directory.
+    fn checked(dir: &Path, meta: &fs::Metadata) -> Result<Self, KeyError> {
         if !meta.is_dir() {
             return Err(KeyError::Config(format!(
                 "the host state directory '{}' is not a directory",
                 dir.display()
             )));
         }
-        check_private(dir, &meta)?;
-        Ok(Some(HostState { dir: dir.into() }))
+        check_private(dir, meta)?;
+        Ok(HostState { dir: dir.into() })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn record_path(&self, volume_id: &str) -> PathBuf {
+    pub fn record_path(&self, volume_id: &str) -> PathBuf {
         self.dir.join(format!("{volume_id}.json"))
+    }
+
+    /// What the record of volume `volume_id` keeps of a header with `epoch` and
+    /// `protector`.
+    pub fn header_seen(
+        &self,
+        volume_id: &str,
+        epoch: Option<u64>,
+        protector: &Protector,
+    ) -> Result<HeaderSeen, KeyError> {
+        let json = serde_json::to_vec(protector).map_err(io_error(
+            "cannot encode the protector for",
+            self.record_path(volume_id),
+        ))?;
+        Ok(HeaderSeen {
+            epoch,
+            protector: protector.key.clone(),
+            protector_digest: hex(&Sha256::digest(&json)),
+        })
     }
 
     pub fn read_record(&self, volume_id: &str) -> Result<Option<VolumeRecord>, KeyError> {
@@ -191,39 +205,29 @@ impl HostState {
 
     pub fn write_record(&self, record: &VolumeRecord) -> Result<(), KeyError> {
         validate_volume_id(&record.volume_id)?;
-        let bytes = serde_json::to_vec_pretty(record).expect("a record serializes");
-        write_atomic(&self.dir, &self.record_path(&record.volume_id), &bytes)
+        let path = self.record_path(&record.volume_id);
+        let bytes = serde_json::to_vec_pretty(record).map_err(io_error("cannot encode", &path))?;
+        write_atomic(&self.dir, &path, &bytes)
     }
 
     /// Holds the state lock while `f` reads and rewrites records.
     pub fn locked<R>(&self, f: impl FnOnce(&Self) -> Result<R, KeyError>) -> Result<R, KeyError> {
         let path = self.dir.join(LOCK_FILE);
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(io_error("cannot open the host state lock", &path))?;
-        let deadline = Instant::now() + LOCK_WAIT;
-        loop {
-            // SAFETY: a valid fd; LOCK_NB never blocks.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                break;
+        let lock = LockFile::acquire(&path, LOCK_WAIT).map_err(|e| match e {
+            LockError::Open(e) => io_error("cannot open the host state lock", &path)(e).into(),
+            LockError::Stat(e) => io_error("cannot stat the host state lock", &path)(e).into(),
+            LockError::NotRegular(_) => {
+                KeyError::Config(format!("'{}' is not a regular file", path.display()))
             }
-            if Instant::now() >= deadline {
-                return Err(KeyError::Config(format!(
-                    "another process has held the host state lock '{}' for {} s",
-                    path.display(),
-                    LOCK_WAIT.as_secs()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            LockError::Lock(e) => io_error("cannot lock the host state lock", &path)(e).into(),
+            LockError::Held => KeyError::Config(format!(
+                "another process has held the host state lock '{}' for {} s",
+                path.display(),
+                LOCK_WAIT.as_secs()
+            )),
+        })?;
         let result = f(self);
-        drop(file);
+        drop(lock);
         result
     }
 
@@ -272,7 +276,8 @@ impl HostState {
             .recursive(true)
             .create(&dir)
             .map_err(io_error("cannot create", &dir))?;
-        let bytes = serde_json::to_vec_pretty(suspension).expect("a suspension serializes");
+        let bytes =
+            serde_json::to_vec_pretty(suspension).map_err(io_error("cannot encode", &path))?;
         write_atomic(&dir, &path, &bytes)?;
         Ok(path)
     }

@@ -214,6 +214,13 @@ impl MmkProvider {
         })
     }
 
+    /// The newest version of the key, which wraps.
+    fn latest_version(&self) -> Result<u32, KeyError> {
+        self.store
+            .latest_version(&self.id)?
+            .ok_or_else(|| self.store.not_found(&self.id, None))
+    }
+
     fn description(&self, version: u32) -> KeyDescription {
         KeyDescription {
             kind: KeyKind::Mmk,
@@ -227,16 +234,12 @@ impl MmkProvider {
 
 impl KeyProvider for MmkProvider {
     fn describe(&self) -> Result<KeyDescription, KeyError> {
-        let version = self
-            .store
-            .latest_version(&self.id)?
-            .ok_or_else(|| self.store.not_found(&self.id, None))?;
-        Ok(self.description(version))
+        Ok(self.description(self.latest_version()?))
     }
 
     fn wrap(&self, dek: &VolumeKey) -> Result<Protector, KeyError> {
-        let description = self.describe()?;
-        let version: u32 = description.key_version.parse().expect("formatted above");
+        let version = self.latest_version()?;
+        let description = self.description(version);
         let kek = self.store.read_key(&self.id, version)?;
         let mut wrapped = [0u8; WRAPPED_LEN];
         KwpAes256::new(kek.expose().into())

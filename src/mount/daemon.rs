@@ -69,7 +69,7 @@ pub fn spawn() -> Result<(), Error> {
         Some(("ready", _)) => Ok(()),
         Some((code, rest)) if code.starts_with("error ") => {
             let (message, hint) = rest.split_once('\n').unwrap_or((rest, ""));
-            Err(Error::Daemon {
+            Err(Error::Rendered {
                 code: code[6..]
                     .parse()
                     .ok()

@@ -11,7 +11,7 @@
 //! The MAC can only be checked after the DEK is unwrapped: a KEK that fails to unwrap is
 //! a key problem; a DEK that unwraps but fails the MAC means the header was edited.
 
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -91,6 +91,11 @@ pub struct HeaderBody {
 }
 
 impl HeaderBody {
+    // serde_json fails only where a `Serialize` impl fails or a map key is not a string,
+    // and a `Vec` never fails to take bytes: HeaderBody and Protector derive `Serialize`
+    // over strings and integers alone. The tests and format vectors call `encode` as a
+    // plain function of the header, so it has no error to return.
+    #[allow(clippy::expect_used)]
     pub fn encode(&self, dek: &VolumeKey) -> Vec<u8> {
         let body = serde_json::to_vec_pretty(self).expect("header body serializes");
         let mut out = Vec::with_capacity(PREFIX_LEN + body.len() + MAC_LEN);
@@ -105,16 +110,18 @@ impl HeaderBody {
 
     /// Parses and validates a header without the key; the MAC is checked by [`verify`].
     pub fn decode(bytes: &[u8]) -> Result<Self, HeaderError> {
-        if bytes.len() < PREFIX_LEN + MAC_LEN {
+        let (Some(actual), Some([magic @ .., v0, v1, l0, l1, l2, l3])) = (
+            bytes.len().checked_sub(PREFIX_LEN + MAC_LEN),
+            bytes.first_chunk::<PREFIX_LEN>(),
+        ) else {
             return Err(HeaderError::Truncated(bytes.len()));
-        }
-        if &bytes[..8] != MAGIC {
+        };
+        if magic != MAGIC {
             return Err(HeaderError::BadMagic);
         }
-        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+        let version = u16::from_le_bytes([*v0, *v1]);
         let format = VolumeFormat::from_version(version).ok_or(HeaderError::Version(version))?;
-        let declared = u32::from_le_bytes(bytes[10..14].try_into().expect("4 bytes")) as usize;
-        let actual = bytes.len() - PREFIX_LEN - MAC_LEN;
+        let declared = u32::from_le_bytes([*l0, *l1, *l2, *l3]) as usize;
         if declared != actual || declared > MAX_BODY {
             return Err(HeaderError::Length { declared, actual });
         }
@@ -176,8 +183,7 @@ pub fn verify(bytes: &[u8], dek: &VolumeKey) -> Result<(), HeaderError> {
         .len()
         .checked_sub(MAC_LEN)
         .ok_or(HeaderError::Truncated(bytes.len()))?;
-    let mut mac_state = <Hmac<Sha256> as KeyInit>::new_from_slice(dek.header_mac_key().expose())
-        .expect("HMAC takes any key length");
+    let mut mac_state = mac_state(dek);
     mac_state.update(&bytes[..split]);
     mac_state
         .verify_slice(&bytes[split..])
@@ -185,8 +191,14 @@ pub fn verify(bytes: &[u8], dek: &VolumeKey) -> Result<(), HeaderError> {
 }
 
 fn mac(dek: &VolumeKey, bytes: &[u8]) -> [u8; MAC_LEN] {
-    let mut mac_state = <Hmac<Sha256> as KeyInit>::new_from_slice(dek.header_mac_key().expose())
-        .expect("HMAC takes any key length");
+    let mut mac_state = mac_state(dek);
     mac_state.update(bytes);
     mac_state.finalize().into_bytes().into()
+}
+
+/// HMAC-SHA256 under the header MAC key. `hmac` builds one through `KeyInit`, whose
+/// `new_from_slice` returns a `Result` for ciphers with fixed key sizes although HMAC takes
+/// any key; `hkdf`'s `HmacImpl` builds the same state without one.
+fn mac_state(dek: &VolumeKey) -> Hmac<Sha256> {
+    <Hmac<Sha256> as hkdf::HmacImpl>::new_from_slice(dek.header_mac_key().expose())
 }

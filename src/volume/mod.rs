@@ -9,7 +9,7 @@ use std::fs::{self, DirBuilder, File};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::crypto::{hex, random_array, VolumeKey, DATA_UNIT};
 use crate::error::Error;
@@ -18,6 +18,7 @@ use crate::keys::mmk::PlatformKeyStore;
 use crate::keys::{
     validate_key_version, wrap_checked, KeyContext, KeyError, KeyProvider, KeyRef, Protector,
 };
+use crate::lock_file::{LockError, LockFile};
 use header::{HeaderBody, VolumeFormat};
 
 pub const HEADER_FILE: &str = "xtsfs.header";
@@ -99,7 +100,7 @@ pub fn read_header(backing: &Path) -> Result<(HeaderBody, Vec<u8>), Error> {
         .metadata()
         .map_err(Error::io("cannot stat volume header", &path))?;
     if !meta.is_file() {
-        return Err(not_regular(&path, file_kind(&meta)));
+        return Err(not_regular(&path, file_kind(meta.file_type())));
     }
     let mut bytes = Vec::new();
     file.take(MAX_HEADER_FILE)
@@ -230,8 +231,8 @@ pub fn commit_header(
     new: &HeaderBody,
     dek: &VolumeKey,
 ) -> Result<(), Error> {
-    let state = host_state(ctx)?;
-    let seen = HeaderSeen::new(new.epoch, &new.protector);
+    let state = HostState::create(&ctx.host_state_dir)?;
+    let seen = state.header_seen(&new.volume_id, new.epoch, &new.protector)?;
     state.locked(|state| {
         let Some(mut record) = state.read_record(&new.volume_id)? else {
             return Ok(());
@@ -246,20 +247,15 @@ pub fn commit_header(
 
 /// Makes `header` the one this host last saw of its volume.
 pub fn record_header(ctx: &KeyContext, header: &HeaderBody, dek: &VolumeKey) -> Result<(), Error> {
-    let state = host_state(ctx)?;
+    let state = HostState::create(&ctx.host_state_dir)?;
     let record = VolumeRecord {
         volume_id: header.volume_id.clone(),
         key_check: hex(&dek.check_value()),
-        current: HeaderSeen::new(header.epoch, &header.protector),
+        current: state.header_seen(&header.volume_id, header.epoch, &header.protector)?,
         pending: None,
         updated_at: host_state::now(),
     };
     Ok(state.locked(|state| state.write_record(&record))?)
-}
-
-fn host_state(ctx: &KeyContext) -> Result<HostState, Error> {
-    Ok(HostState::open(&ctx.host_state_dir, true)?
-        .expect("the host state directory was just created"))
 }
 
 /// Who checks a header against the host's record, which decides what may be written.
@@ -287,17 +283,16 @@ enum Verdict {
     Refused(String),
 }
 
-fn judge(record: &VolumeRecord, header: &HeaderBody, key_check: &str) -> Verdict {
-    let found = HeaderSeen::new(header.epoch, &header.protector);
+fn judge(record: &VolumeRecord, found: &HeaderSeen, key_check: &str) -> Verdict {
     if record.key_check != key_check {
         return Verdict::Refused(
             "the header carries another volume key than the one this host has seen for this volume: it was replaced by a header made for other data".into(),
         );
     }
-    if found == record.current {
+    if *found == record.current {
         return Verdict::Known { pending: false };
     }
-    if record.pending.as_ref() == Some(&found) {
+    if record.pending.as_ref() == Some(found) {
         return Verdict::Known { pending: true };
     }
     let seen = &record.current;
@@ -329,13 +324,20 @@ pub fn check_host_record(
     usage: RecordUse,
 ) -> Result<(), Error> {
     host_state::validate_volume_id(&header.volume_id)?;
-    let Some(state) = HostState::open(&ctx.host_state_dir, usage != RecordUse::Status)? else {
-        return Ok(());
+    let state = match usage {
+        RecordUse::Status => match HostState::open(&ctx.host_state_dir)? {
+            Some(state) => state,
+            None => return Ok(()),
+        },
+        RecordUse::Open | RecordUse::Monitor => HostState::create(&ctx.host_state_dir)?,
     };
     let key_check = hex(&dek.check_value());
     let verdict = match state.read_record(&header.volume_id)? {
         None => Verdict::New,
-        Some(record) => judge(&record, header, &key_check),
+        Some(record) => {
+            let found = state.header_seen(&header.volume_id, header.epoch, &header.protector)?;
+            judge(&record, &found, &key_check)
+        }
     };
     match (verdict, usage) {
         (Verdict::Known { pending: false }, _) => Ok(()),
@@ -353,62 +355,39 @@ pub fn check_host_record(
             volume_id: header.volume_id.clone(),
             detail,
             running: usage == RecordUse::Monitor,
-            record: state.dir().join(format!("{}.json", header.volume_id)),
+            record: state.record_path(&header.volume_id),
         }),
     }
 }
 
 /// An exclusive lock on the volume's header for a read-modify-write of it.
 pub struct HeaderLock {
-    /// The lock lives as long as this open file.
-    _file: File,
+    /// The lock lives as long as this.
+    _lock: LockFile,
 }
 
 impl HeaderLock {
     /// Takes the lock without ever blocking: a few seconds of retries, then an error.
     /// `xtsfs.lock` must be a regular file (not a FIFO or a symlink someone planted).
     pub fn acquire(backing: &Path) -> Result<Self, Error> {
-        use std::os::fd::AsRawFd;
         let path = backing.join(HEADER_LOCK);
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(BACKING_FILE_FLAGS)
-            .open(&path)
-            .map_err(|e| match e.raw_os_error() {
+        let lock = LockFile::acquire(&path, HEADER_LOCK_WAIT).map_err(|e| match e {
+            LockError::Open(e) => match e.raw_os_error() {
                 Some(libc::ELOOP) => not_regular(&path, "a symlink"),
                 Some(libc::ENXIO) => not_regular(&path, "a FIFO"),
                 _ => Error::io("cannot open header lock", &path)(e),
-            })?;
-        let meta = file
-            .metadata()
-            .map_err(Error::io("cannot stat header lock", &path))?;
-        if !meta.is_file() {
-            return Err(not_regular(&path, file_kind(&meta)));
-        }
-        let deadline = Instant::now() + HEADER_LOCK_WAIT;
-        loop {
-            // SAFETY: a valid fd; LOCK_NB never blocks.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(HeaderLock { _file: file });
-            }
-            let error = std::io::Error::last_os_error();
-            if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(Error::io("cannot lock", &path)(error));
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Mount(format!(
-                    "another process has held '{}' for {} s: another rewrap or a mount's key rotation is still running, or something else holds the lock (see fuser -v '{}'); retry later",
-                    path.display(),
-                    HEADER_LOCK_WAIT.as_secs(),
-                    path.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            },
+            LockError::Stat(e) => Error::io("cannot stat header lock", &path)(e),
+            LockError::NotRegular(kind) => not_regular(&path, file_kind(kind)),
+            LockError::Lock(e) => Error::io("cannot lock", &path)(e),
+            LockError::Held => Error::Mount(format!(
+                "another process has held '{}' for {} s: another rewrap or a mount's key rotation is still running, or something else holds the lock (see fuser -v '{}'); retry later",
+                path.display(),
+                HEADER_LOCK_WAIT.as_secs(),
+                path.display()
+            )),
+        })?;
+        Ok(HeaderLock { _lock: lock })
     }
 }
 
@@ -421,9 +400,8 @@ fn not_regular(path: &Path, what: &str) -> Error {
     }
 }
 
-fn file_kind(meta: &fs::Metadata) -> &'static str {
+fn file_kind(kind: fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
-    let kind = meta.file_type();
     if kind.is_dir() {
         "a directory"
     } else if kind.is_fifo() {

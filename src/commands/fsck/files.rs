@@ -112,9 +112,10 @@ impl Checker<'_> {
             let Some(job) = jobs.get(i) else {
                 return;
             };
-            if open.as_ref().is_none_or(|(dir, _)| *dir != job.dir) {
-                open = match backing::open_dir_in(tree, &self.dirs[job.dir].relative) {
-                    Ok(fd) => Some((job.dir, fd)),
+            let dir = match open {
+                Some((dir, ref fd)) if dir == job.dir => fd,
+                _ => match backing::open_dir_in(tree, &self.dirs[job.dir].relative) {
+                    Ok(fd) => &open.insert((job.dir, fd)).1,
                     Err(e) => {
                         let detail = format!("cannot open its directory: {e}");
                         let outcome = FileOutcome {
@@ -124,9 +125,9 @@ impl Checker<'_> {
                         let _ = sender.send(FileMessage::Done(outcome));
                         continue;
                     }
-                };
+                },
             }
-            let dir = open.as_ref().expect("opened above").1.as_fd();
+            .as_fd();
             let outcome = self.check_file(dir, job, linked, &mut buffers, &mut |bytes| {
                 let _ = sender.send(FileMessage::Bytes(bytes));
             });

@@ -329,7 +329,7 @@ impl Run<'_> {
         name: &OsStr,
         plaintext_name: Option<&OsStr>,
         detail: String,
-    ) -> &mut Finding {
+    ) {
         let finding = entry_finding(
             &self.tree_path,
             &self.dirs,
@@ -340,7 +340,6 @@ impl Run<'_> {
             detail,
         );
         self.findings.push(finding);
-        self.findings.last_mut().expect("just pushed")
     }
 }
 /// `xtsfs fsck`: the report on stdout; exits with its code (docs in fsck::HELP).
@@ -357,7 +356,11 @@ pub fn run(c: &crate::config::FsckConfig, settings: &crate::config::Settings) ->
     view.finish();
     let report = report?;
     let text = match c.json {
-        true => serde_json::to_string_pretty(&report).expect("report serializes") + "\n",
+        true => {
+            serde_json::to_string_pretty(&report)
+                .map_err(Error::io("cannot write the report", "stdout"))?
+                + "\n"
+        }
         false => render(&report),
     };
     let mut stdout = std::io::stdout().lock();

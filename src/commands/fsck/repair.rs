@@ -40,10 +40,11 @@ impl Run<'_> {
                     .map_err(Error::io("cannot remove orphan side file", &path))?;
                 "removed".to_string()
             } else {
-                if lost_found.is_none() {
-                    lost_found = Some(open_lost_found(root, &self.backing)?);
+                let lf = match lost_found {
+                    Some(ref fd) => fd,
+                    None => lost_found.insert(open_lost_found(root, &self.backing)?),
                 }
-                let lf = lost_found.as_ref().expect("opened above").as_fd();
+                .as_fd();
                 let moved = move_unique(dir.as_fd(), &target.name, lf, &target.name)
                     .map_err(Error::io("cannot move to lost+found", &path))?;
                 let moved_path = self.backing.join(LOST_FOUND).join(&moved);
@@ -100,7 +101,7 @@ fn move_unique(
     into: BorrowedFd<'_>,
     to: &OsStr,
 ) -> io::Result<OsString> {
-    for n in 0u32.. {
+    for n in 0..=u32::MAX {
         let candidate = match n {
             0 => to.to_owned(),
             n => {
@@ -117,7 +118,8 @@ fn move_unique(
             Err(e) => return Err(e),
         }
     }
-    unreachable!("some suffix is free")
+    // Every suffix is taken.
+    Err(io::Error::from_raw_os_error(libc::EEXIST))
 }
 
 fn parent(path: &Path) -> &Path {

@@ -12,7 +12,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use super::{escape, name_cipher, DirInfo, FileJob, Finding, FsckEvent, Kind, Run, Severity};
+use super::{
+    entry_finding, escape, name_cipher, DirInfo, FileJob, Finding, FsckEvent, Kind, Run, Severity,
+};
 use crate::crypto::names::{
     long_name_entry_of, long_name_side_file, BackingEntry, BackingName, NameCipher,
     LONG_NAME_PREFIX, LONG_NAME_SIDE_MAX,
@@ -72,7 +74,11 @@ fn par_map<T: Sync, R: Send, S>(
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().expect("a name thread panicked"))
+            // A thread's panic goes on in this one, as the scope would raise it.
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
             .collect()
     })
 }
@@ -263,10 +269,19 @@ impl Run<'_> {
                     side.to_string_lossy()
                 );
                 used_side_files.insert(side.clone());
-                let finding = self.finding(Kind::BadSideFile, dir, name, None, detail);
+                let mut finding = entry_finding(
+                    &self.tree_path,
+                    &self.dirs,
+                    Kind::BadSideFile,
+                    dir,
+                    name,
+                    None,
+                    detail,
+                );
                 if let Some(target) = &mut finding.target {
                     target.side_file = Some(side);
                 }
+                self.findings.push(finding);
                 None
             }
             NameOutcome::MissingSide(side) => {

@@ -9,9 +9,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use super::index::{FileEntry, FileState, Index};
-use super::{changed, parent, FileOutcome, Run, UpgradeEvent, CHUNK, UPGRADE_TMP};
+use super::{parent, FileOutcome, Run, UpgradeEvent, CHUNK, UPGRADE_TMP};
 use crate::crypto::DATA_UNIT;
-use crate::error::Error;
+use crate::error::{Error, UpgradeError};
 use crate::fs::backing;
 use crate::fs::contents::{self, Contents};
 use crate::keys::KeyError;
@@ -89,11 +89,11 @@ impl Run<'_> {
         let st = backing::stat(source.as_fd()).map_err(failed())?;
         let old_len = FileFormat::V1.backing_len(len);
         if (st.st_dev, st.st_ino) != file.ino || st.st_size as u64 != old_len {
-            return Err(changed(path));
+            return Err(UpgradeError::Changed(path.into()).into());
         }
         let old_header = match contents::read_header(&source, VolumeFormat::V1) {
             Ok(Some(header)) if header.format == FileFormat::V1 => header,
-            _ => return Err(changed(path)),
+            _ => return Err(UpgradeError::Changed(path.into()).into()),
         };
         let old_cipher = self.volume.dek.file_cipher(&old_header.nonce);
         let old = Contents {
@@ -189,7 +189,7 @@ impl Run<'_> {
             let dir = backing::open_dir_in(tree, &index.dirs[*dir_index]).map_err(failed())?;
             let st = backing::stat_at(dir.as_fd(), name).map_err(failed())?;
             if (st.st_dev, st.st_ino) != file.ino {
-                return Err(changed(&path));
+                return Err(UpgradeError::Changed(path).into());
             }
             backing::link_name_at(first_dir, first, self.backing_dir, tmp_name).map_err(failed())?;
             backing::rename_at(self.backing_dir, tmp_name, dir.as_fd(), name, 0)

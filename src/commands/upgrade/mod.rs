@@ -52,7 +52,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::commands::offline::{lock_offline, open_backing};
-use crate::error::{Error, ExitCode};
+use crate::error::{Error, UpgradeError};
 use crate::fs::backing::{self, DIR_FLAGS};
 use crate::keys::{KeyContext, KeyRef};
 use crate::volume::header::{HeaderBody, VolumeFormat};
@@ -66,8 +66,6 @@ pub use progress::{summary, ProgressView};
 pub const UPGRADE_TMP: &str = "xtsfs.upgrade.tmp";
 /// Plaintext bytes converted per read and progress report.
 pub(super) const CHUNK: usize = 1 << 20;
-/// Damaged files listed in the error; the rest are counted.
-const MAX_LISTED: usize = 10;
 
 /// What a run will do, known once the tree is indexed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -179,7 +177,11 @@ pub fn upgrade(
         .map_err(Error::io("cannot open the volume's tree", &run.tree_path))?;
     let index = run.index(tree.as_fd())?;
     if !index.damaged.is_empty() {
-        return Err(damaged_error(backing, &index.damaged));
+        return Err(UpgradeError::Damaged {
+            backing: backing.into(),
+            files: index.damaged,
+        }
+        .into());
     }
     let plan = index.plan();
     if progress(UpgradeEvent::Planned(plan)).is_break() {
@@ -204,29 +206,6 @@ pub fn upgrade(
     };
     write_header(backing, &body.encode(&volume.dek))?;
     Ok(run.finish(started))
-}
-
-fn damaged_error(backing: &Path, damaged: &[(PathBuf, String)]) -> Error {
-    let mut message = match damaged.len() {
-        1 => "1 file cannot be upgraded:".to_string(),
-        n => format!("{n} files cannot be upgraded:"),
-    };
-    for (path, problem) in damaged.iter().take(MAX_LISTED) {
-        message.push_str(&format!("\n  {}: {problem}", path.display()));
-    }
-    if damaged.len() > MAX_LISTED {
-        message.push_str(&format!("\n  and {} more", damaged.len() - MAX_LISTED));
-    }
-    Error::Daemon {
-        code: ExitCode::Volume,
-        message,
-        hint: Some(format!(
-            "this run changed nothing and the volume stays format 1: it mounts and reads as \
-             before. Restore these files from a backup or delete them (through the mount, or \
-             their backing files), then run xtsfs upgrade {} again",
-            backing.display()
-        )),
-    }
 }
 
 struct Run<'a> {
@@ -257,23 +236,6 @@ impl Run<'_> {
             )(e)),
             _ => Ok(()),
         }
-    }
-}
-
-/// A file that is not what the index found: something wrote the backing tree during
-/// the upgrade.
-fn changed(path: &Path) -> Error {
-    Error::Daemon {
-        code: ExitCode::Failure,
-        message: format!(
-            "the backing file {} changed while the upgrade ran",
-            path.display()
-        ),
-        hint: Some(
-            "nothing may write the backing directory during an upgrade; run xtsfs upgrade \
-             again to finish the job"
-                .into(),
-        ),
     }
 }
 

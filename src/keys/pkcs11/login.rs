@@ -53,8 +53,7 @@ pub(super) fn login(
         }
         None => return Ok(()),
         Some(source) => {
-            let state = HostState::open(&ctx.host_state_dir, true)?
-                .expect("the host state directory was just created");
+            let state = HostState::create(&ctx.host_state_dir)?;
             check_suspension(&state, identity, pin_file)?;
             let stamp = pin_file.and_then(FileStamp::of);
             (read_pin(source)?, state, stamp)
