@@ -71,9 +71,21 @@ fn reply_open(reply: ReplyOpen, result: FsResult<Opened>) {
 
 fn fopen_flags(opened: &Opened) -> FopenFlags {
     if opened.direct_io {
-        FopenFlags::FOPEN_DIRECT_IO
+        // Direct writes that stay inside the file then take the kernel's inode lock
+        // shared, so writers to one file run in parallel. The daemon orders what must be
+        // ordered: a write that rewrites only whole blocks in place runs under the shared
+        // content lock, and anything that reads part of a block first, or changes the
+        // length, under the exclusive one (src/fs/io.rs). The kernel keeps the lock
+        // exclusive for appends, writes past the end, and while any handle of the file
+        // uses the page cache.
+        FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
     } else {
-        FopenFlags::empty()
+        // The plaintext pages stay cached from one open to the next: every change of
+        // the file goes through the kernel, which keeps them consistent (a direct write
+        // invalidates the pages it covers), and they are the file's only cached copy
+        // (src/fs/drop_behind.rs), so dropping them at each open would read the file
+        // from the disk again.
+        FopenFlags::FOPEN_KEEP_CACHE
     }
 }
 
@@ -94,6 +106,12 @@ pub fn negotiate(config: &mut KernelConfig) {
         // applies the caller's umask, or the parent's default ACL instead.
         | InitFlags::FUSE_POSIX_ACL
         | InitFlags::FUSE_DONT_MASK;
+    // Not FUSE_HANDLE_KILLPRIV_V2, although it would spare every buffered write the
+    // GETXATTR of security.capability that the kernel sends first (docs/PERFORMANCE.md,
+    // step 18): with it the kernel leaves removing a file capability on a direct write,
+    // and clearing set-id bits on a chown that changes nothing, to the file system, and
+    // tests/posix (writes_and_truncates_remove_file_capabilities, set_id_bits_...) show
+    // both.
     let _ = config.add_capabilities(wanted & config.capabilities());
 }
 

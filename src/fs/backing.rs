@@ -10,6 +10,7 @@ use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
@@ -316,6 +317,32 @@ pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
     cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
     // SAFETY: fstatvfs succeeded.
     Ok(unsafe { st.assume_init() })
+}
+
+/// Whether the file system of `fd` keeps its files in memory (tmpfs, ramfs): its page
+/// cache is its storage, and cannot be dropped.
+pub fn is_memory_backed(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut st = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: st is written on success.
+    cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatfs succeeded.
+    let kind = unsafe { st.assume_init() }.f_type;
+    // RAMFS_MAGIC, which libc does not define.
+    const RAMFS: libc::__fsword_t = 0x8584_58f6;
+    Ok(kind == libc::TMPFS_MAGIC || kind == RAMFS)
+}
+
+/// Advises the kernel that the cached pages of `range` of `file` are not needed again:
+/// clean ones are dropped, dirty ones queued for writeback. A hint; errors are ignored.
+pub fn drop_cached(file: &File, range: Range<u64>) {
+    let (Ok(offset), Ok(len)) = (
+        to_off(range.start),
+        to_off(range.end.saturating_sub(range.start)),
+    ) else {
+        return;
+    };
+    // SAFETY: valid fd; posix_fadvise reads nothing from memory.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
 }
 
 pub fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> io::Result<()> {

@@ -30,16 +30,22 @@ pub struct Handle {
 }
 
 enum HandleKind {
-    File { writable: bool },
-    Dir { entries: Vec<DirEntry> },
+    /// `cached`: the kernel keeps this handle's plaintext in its page cache.
+    File {
+        writable: bool,
+        cached: bool,
+    },
+    Dir {
+        entries: Vec<DirEntry>,
+    },
 }
 
 impl Handle {
-    pub fn for_file(node: Arc<Node>, file: File, writable: bool) -> Self {
+    pub fn for_file(node: Arc<Node>, file: File, writable: bool, cached: bool) -> Self {
         Handle {
             node,
             file,
-            kind: HandleKind::File { writable },
+            kind: HandleKind::File { writable, cached },
         }
     }
 
@@ -67,9 +73,14 @@ impl Handle {
 
     pub fn writable_file(&self) -> FsResult<&File> {
         match self.kind {
-            HandleKind::File { writable: true } => Ok(&self.file),
+            HandleKind::File { writable: true, .. } => Ok(&self.file),
             _ => Err(FsError::BadHandle),
         }
+    }
+
+    /// Whether the kernel keeps this handle's plaintext in its page cache.
+    pub fn is_cached(&self) -> bool {
+        matches!(self.kind, HandleKind::File { cached: true, .. })
     }
 
     /// What fsync (or fsyncdir) flushes.

@@ -12,10 +12,11 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::contents::{self, Contents, HeaderProblem};
+use super::drop_behind::DropBehind;
 use super::errno::{corrupt, lock, recover, FsError, FsResult};
 use crate::crypto::xts::Xts256;
 use crate::crypto::VolumeKey;
@@ -42,6 +43,12 @@ pub struct Node {
     /// The mode the backing object had when last stat'ed: a write checks it for set-id
     /// bits to clear without a stat of its own.
     mode: AtomicU32,
+    /// The backing pages that requests through page-cached handles used since they were
+    /// last dropped.
+    drop_behind: Mutex<DropBehind>,
+    /// Whether the file is known to have no file capability (security.capability): set
+    /// when a look found none, cleared when one is set through the mount.
+    no_capability: AtomicBool,
 }
 
 /// What a file's header says: its format and its contents cipher.
@@ -69,6 +76,26 @@ impl Node {
     /// Records the mode a stat of the backing object returned.
     pub fn note_mode(&self, mode: u32) {
         self.mode.store(mode, Ordering::Relaxed);
+    }
+
+    /// Notes that a request through a handle whose plaintext the kernel caches used
+    /// `range` of the backing file `file`, and drops a window of such pages once it is
+    /// full ([`super::drop_behind`]). The state is a hint: a poisoned lock is taken over.
+    pub fn note_cached_use(&self, file: &File, range: std::ops::Range<u64>) {
+        let full = recover(self.drop_behind.lock()).note(range);
+        if let Some(range) = full {
+            super::backing::drop_cached(file, range);
+        }
+    }
+
+    /// Whether the file is known to have no file capability.
+    pub fn has_no_capability(&self) -> bool {
+        self.no_capability.load(Ordering::Acquire)
+    }
+
+    /// Records whether the file is known to have no file capability.
+    pub fn note_no_capability(&self, none: bool) {
+        self.no_capability.store(none, Ordering::Release);
     }
 
     /// The last known mode. Every change of the mode through the mount is stat'ed, so
@@ -272,5 +299,7 @@ fn new_node(id: u64, fd: OwnedFd, backing_key: (u64, u64)) -> Node {
         key: Mutex::new(None),
         format: Mutex::new(None),
         mode: AtomicU32::new(0),
+        drop_behind: Mutex::new(DropBehind::default()),
+        no_capability: AtomicBool::new(false),
     }
 }

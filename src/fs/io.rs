@@ -42,7 +42,9 @@ impl XtsFs {
         }
         let direct_io = self.bypasses_page_cache(flags);
         Ok(Opened {
-            fh: self.handles.insert(Handle::for_file(node, file, write))?,
+            fh: self
+                .handles
+                .insert(Handle::for_file(node, file, write, !direct_io))?,
             direct_io,
         })
     }
@@ -58,17 +60,35 @@ impl XtsFs {
         let secrets = self.keyring.get()?;
         let handle = self.handles.get(fh)?;
         let (node, file) = (handle.node(), handle.readable_file()?);
-        let range = self.read_contents(node, file, &secrets, |contents, len| match contents {
-            Some(contents) => Ok(contents.read(offset, size as usize, len, buf)?),
-            None => {
-                let n = len.saturating_sub(offset).min(size.into()) as usize;
-                buf.clear();
-                buf.resize(n, 0);
-                Ok(0..n)
-            }
-        })?;
+        let (range, format) =
+            self.read_contents(node, file, &secrets, |contents, len| match contents {
+                Some(c) => Ok((c.read(offset, size as usize, len, buf)?, Some(c.format))),
+                None => {
+                    let n = len.saturating_sub(offset).min(size.into()) as usize;
+                    buf.clear();
+                    buf.resize(n, 0);
+                    Ok((0..n, None))
+                }
+            })?;
+        if let Some(format) = format {
+            self.note_cached_use(&handle, format, offset, range.len());
+        }
         self.mark_accessed(node, file);
         Ok(range)
+    }
+
+    /// For a handle whose plaintext the kernel caches, notes the backing bytes a request
+    /// at plaintext `offset` used, so that their ciphertext does not stay cached as well
+    /// ([`super::drop_behind`]).
+    fn note_cached_use(&self, handle: &Handle, format: FileFormat, offset: u64, len: usize) {
+        if self.drops_behind && handle.is_cached() {
+            if let Some(file) = handle.file() {
+                let start = format.data_offset() + offset;
+                handle
+                    .node()
+                    .note_cached_use(file, start..start + len as u64);
+            }
+        }
     }
 
     /// A read through the mount marks the file accessed, as a read of a local file does;
@@ -105,6 +125,9 @@ impl XtsFs {
         let (node, file) = (handle.node(), handle.writable_file()?);
         if !data.is_empty() {
             self.drop_setid(node, caller)?;
+            if !handle.is_cached() {
+                self.drop_capability(node, &secrets)?;
+            }
         }
         let written = u32::try_from(data.len()).map_err(|_| FsError::Invalid)?;
         // Writes that rewrite only their own bytes and keep the length go in parallel.
@@ -112,15 +135,18 @@ impl XtsFs {
             self.read_contents(node, file, &secrets, |contents, len| match contents {
                 Some(c) if Contents::<File>::writes_in_place(c.format, offset, data.len(), len) => {
                     c.write(offset, data, len)?;
-                    Ok(true)
+                    Ok(Some(c.format))
                 }
-                _ => Ok(false),
+                _ => Ok(None),
             })?;
-        if !in_place {
-            self.write_contents(node, file, &secrets, |contents, len| {
-                Ok(contents.write(offset, data, len)?)
-            })?;
-        }
+        let format = match in_place {
+            Some(format) => format,
+            None => self.write_contents(node, file, &secrets, |contents, len| {
+                contents.write(offset, data, len)?;
+                Ok(contents.format)
+            })?,
+        };
+        self.note_cached_use(&handle, format, offset, data.len());
         Ok(written)
     }
 

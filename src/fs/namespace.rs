@@ -201,8 +201,10 @@ impl XtsFs {
             backing::open_at_quiet(dir, entry, flags, perm).map(File::from)
         })?;
         let node = self.inodes.get(entry.attr.ino.0)?;
-        let fh = self.handles.insert(Handle::for_file(node, file, true))?;
         let direct_io = self.bypasses_page_cache(flags);
+        let fh = self
+            .handles
+            .insert(Handle::for_file(node, file, true, !direct_io))?;
         Ok((entry, Opened { fh, direct_io }))
     }
 

@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::errno::{corrupt, FsError, FsResult};
 use super::inode::Node;
-use super::{backing, CallerIds, XattrReply, XtsFs};
+use super::{backing, CallerIds, VolumeSecrets, XattrReply, XtsFs};
 use crate::crypto::names::{NameCipher, NameError};
 
 impl XtsFs {
@@ -93,7 +93,28 @@ impl XtsFs {
         }
         let stored_name = xattr_backing_name(&secrets.names, name)?;
         let stored = secrets.names.encrypt_xattr_value(name, value)?;
-        Ok(backing::setxattr(node.fd(), &stored_name, &stored, flags)?)
+        backing::setxattr(node.fd(), &stored_name, &stored, flags)?;
+        if name == CAPABILITY {
+            node.note_no_capability(false);
+        }
+        Ok(())
+    }
+
+    /// Removes the file's capability before a write through a handle that bypasses the
+    /// page cache, as a local file system removes it on every write, whoever writes: for
+    /// page-cached writes the kernel does this itself (it asks for the attribute, and
+    /// removes it), for direct writes it does not. One look per file until a capability
+    /// is set through the mount again.
+    pub(super) fn drop_capability(&self, node: &Node, secrets: &VolumeSecrets) -> FsResult<()> {
+        if node.has_no_capability() {
+            return Ok(());
+        }
+        let stored_name = xattr_backing_name(&secrets.names, CAPABILITY)?;
+        match backing::removexattr(node.fd(), &stored_name) {
+            Err(e) if e.raw_os_error() != Some(libc::ENODATA) => return Err(e.into()),
+            _ => node.note_no_capability(true),
+        }
+        Ok(())
     }
 
     pub fn removexattr(&self, id: u64, name: &OsStr, caller: CallerIds) -> FsResult<()> {
@@ -121,6 +142,9 @@ impl XtsFs {
         }
     }
 }
+
+/// The attribute that holds a file capability.
+const CAPABILITY: &[u8] = b"security.capability";
 
 fn is_posix_acl(name: &[u8]) -> bool {
     name == b"system.posix_acl_access" || name == b"system.posix_acl_default"

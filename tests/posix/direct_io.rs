@@ -141,3 +141,76 @@ fn mmap_shared_round_trip(m: &mut Mounted) {
     m.remount();
     assert_eq!(contents(&m.path("mapped")), Ok(Bytes(expected)));
 }
+
+/// Pages of `file` in the page cache, and pages in all, by mincore.
+fn resident_pages(file: &File) -> (usize, usize) {
+    let len = file.metadata().unwrap().len() as usize;
+    let pages = len.div_ceil(4096);
+    // SAFETY: a fresh shared read-only mapping of the whole file, unmapped below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(addr, libc::MAP_FAILED, "{}", io::Error::last_os_error());
+    let mut vec = vec![0u8; pages];
+    // SAFETY: addr maps len bytes; vec has one byte per page.
+    cvt(unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) }).unwrap();
+    // SAFETY: mapped above with this length.
+    unsafe { libc::munmap(addr, len) };
+    (vec.iter().filter(|&&b| b & 1 != 0).count(), pages)
+}
+
+/// A file written and read through the page cache keeps its plaintext there, and its
+/// ciphertext does not stay cached as well (src/fs/drop_behind.rs): at most about two
+/// 8 MiB windows of it. (Only an upper bound can be asserted: other tests may drop
+/// caches at any time.) On a backing file system that keeps files in memory, nothing is
+/// dropped.
+#[test]
+fn page_cached_io_does_not_leave_the_ciphertext_cached_too() {
+    let env = TestEnv::new();
+    let m = env.mounted(&[]);
+    if nix_statfs(&m.backing) == libc::TMPFS_MAGIC {
+        eprintln!("skipped: the backing directory is on a tmpfs, whose pages are its storage");
+        return;
+    }
+    const LEN: u64 = 64 << 20;
+    let path = m.path("cached");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    for chunk in 0..LEN >> 20 {
+        file.write_all_at(&data(chunk, 1 << 20), chunk << 20)
+            .unwrap();
+    }
+    file.sync_all().unwrap();
+    let mut reader = File::open(&path).unwrap();
+    io::copy(&mut reader, &mut io::sink()).unwrap();
+    assert_eq!(
+        read_at(&reader, LEN - 4, 4),
+        data((LEN >> 20) - 1, 1 << 20)[(1 << 20) - 4..]
+    );
+    let backing = File::open(m.backing_path("cached")).unwrap();
+    let (resident, pages) = resident_pages(&backing);
+    assert!(
+        resident * 100 <= pages * 40,
+        "{resident} of {pages} backing pages still cached"
+    );
+}
+
+fn nix_statfs(path: &std::path::Path) -> libc::__fsword_t {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: a NUL-terminated path; st is written on success.
+    cvt(unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) }).unwrap();
+    // SAFETY: statfs succeeded.
+    unsafe { st.assume_init() }.f_type
+}

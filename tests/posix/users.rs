@@ -682,7 +682,7 @@ fn utimensat_now_and_omit_for_owner_writer_and_stranger() {
 // Set-id bits
 
 /// One way of changing a file, by name.
-type Change = (&'static str, fn(&Path) -> io::Result<()>);
+pub type Change = (&'static str, fn(&Path) -> io::Result<()>);
 
 /// Each way of changing a file's contents or owner, and who does it.
 fn setid_clearing(dir: &Path) -> Vec<String> {

@@ -12,7 +12,7 @@ use crate::common::users::{User, ALICE, BOB};
 use crate::common::xattr::{self, lgetxattr, lgetxattr_into, lremovexattr, lsetxattr};
 use crate::common::TestEnv;
 use crate::users::{
-    chmod, lchown, make, mounted_for_all, outcome, same_for_every_mount, st, umask, TYPES,
+    chmod, lchown, make, mounted_for_all, outcome, same_for_every_mount, st, umask, Change, TYPES,
 };
 
 /// getxattr into a buffer of exactly `size` bytes.
@@ -142,6 +142,75 @@ fn namespaces_and_permissions_for_every_type_and_user() {
         }
         seen
     });
+}
+
+/// A file capability (`struct vfs_cap_data`, revision 2, effective): CAP_NET_BIND_SERVICE
+/// permitted. Little-endian words: magic and flags, permitted and inheritable, low and
+/// high.
+const FILE_CAPABILITY: [u8; 20] = [
+    0x01, 0x00, 0x00, 0x02, // VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE
+    0x00, 0x04, 0x00, 0x00, // permitted, low word: bit 10
+    0x00, 0x00, 0x00, 0x00, // inheritable, low word
+    0x00, 0x00, 0x00, 0x00, // permitted, high word
+    0x00, 0x00, 0x00, 0x00, // inheritable, high word
+];
+
+/// Writing to a file, or truncating it, removes its file capability, whoever does it:
+/// the kernel looks for security.capability before a write unless it has seen that the
+/// file has none since its attributes were last refreshed (SB_NOSEC, which the mount
+/// gets by FUSE_HANDLE_KILLPRIV_V2). Each way runs twice on one file, so the second
+/// write comes after the kernel has already looked once and found nothing.
+#[test]
+fn writes_and_truncates_remove_file_capabilities() {
+    let ways: [Change; 4] = [
+        ("write O_RDWR", |p| {
+            use std::io::Write;
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)?
+                .write_all(b"x")
+        }),
+        ("write O_WRONLY", |p| {
+            use std::io::Write;
+            OpenOptions::new().write(true).open(p)?.write_all(b"x")
+        }),
+        ("ftruncate", |p| {
+            OpenOptions::new().write(true).open(p)?.set_len(1)
+        }),
+        ("open O_TRUNC", |p| {
+            OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(p)
+                .map(drop)
+        }),
+    ];
+    let seen = same_for_every_mount(&[], |dir| {
+        let mut seen = Vec::new();
+        for (i, (way, change)) in ways.iter().enumerate() {
+            for user in [User::root(), User::alice()] {
+                let p = dir.join(format!("cap-{i}-{}", user.uid));
+                fs::write(&p, b"payload").unwrap();
+                lchown(&p, ALICE, ALICE).unwrap();
+                for round in 1..=2 {
+                    let set = outcome(lsetxattr(&p, "security.capability", &FILE_CAPABILITY, 0));
+                    let (q, change) = (p.clone(), *change);
+                    let changed = user.run(move || outcome(change(&q)));
+                    seen.push(format!(
+                        "{way} by {} round {round}: set {set}, change {changed}, then {}",
+                        user.uid,
+                        show(lgetxattr(&p, "security.capability"))
+                    ));
+                }
+            }
+        }
+        seen
+    });
+    // Pinned, so that the local file system's behaviour is not taken on trust either.
+    for line in &seen {
+        assert!(line.ends_with(", change ok, then ENODATA"), "{line}");
+    }
 }
 
 #[test]

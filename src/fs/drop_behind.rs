@@ -1,0 +1,83 @@
+//! One page-cache copy per byte. A read or write through a handle whose plaintext the
+//! kernel caches would otherwise leave every byte cached twice: the plaintext in the
+//! mount's page cache and the ciphertext in the backing file system's. The backing pages
+//! such requests used are advised away (`POSIX_FADV_DONTNEED`) a window at a time: clean
+//! pages go at once, dirty ones are queued for writeback (which the kernel would do
+//! anyway) and go when the next window is dropped, which covers the previous one again.
+//! Pages a request has not used yet, the backing file's readahead past the last read,
+//! stay. With `--direct-io` (and for write-only and O_DIRECT handles) the mount caches no
+//! plaintext, and the backing pages are the one copy, so nothing is dropped; nor on a
+//! backing file system that keeps its files in memory (tmpfs), whose pages are its storage.
+//!
+//! Durability does not depend on any of this: writeback that starts earlier writes what
+//! would have been written later, and fsync still syncs the backing file.
+
+use std::ops::Range;
+
+/// Backing bytes that requests use between two drops, per file: at most about two
+/// windows of a file's ciphertext stay cached on top of its plaintext.
+const WINDOW: u64 = 8 << 20;
+
+/// The backing ranges a file's page-cached requests used since the last drop.
+#[derive(Default)]
+pub struct DropBehind {
+    used: u64,
+    current: Option<Range<u64>>,
+    previous: Option<Range<u64>>,
+}
+
+impl DropBehind {
+    /// Notes that a request used backing bytes `range`; once a window is full, returns
+    /// the range to drop: the span of this window's requests and the previous window's.
+    pub fn note(&mut self, range: Range<u64>) -> Option<Range<u64>> {
+        self.used += range.end.saturating_sub(range.start);
+        self.current = Some(span(self.current.take(), range));
+        if self.used < WINDOW {
+            return None;
+        }
+        self.used = 0;
+        let current = self.current.take()?;
+        let previous = self.previous.replace(current.clone());
+        Some(span(previous, current))
+    }
+}
+
+fn span(a: Option<Range<u64>>, b: Range<u64>) -> Range<u64> {
+    match a {
+        Some(a) => a.start.min(b.start)..a.end.max(b.end),
+        None => b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn nothing_is_dropped_before_a_window_is_used() {
+        let mut d = DropBehind::default();
+        assert_eq!(d.note(0..WINDOW - 1), None);
+        assert_eq!(d.note(WINDOW - 1..WINDOW), Some(0..WINDOW));
+    }
+
+    #[test]
+    fn sequential_use_drops_each_window_with_the_one_before() {
+        let mut d = DropBehind::default();
+        let mut drops = Vec::new();
+        for mib in 0..24 {
+            drops.extend(d.note(mib * MIB..(mib + 1) * MIB));
+        }
+        assert_eq!(drops, vec![0..8 * MIB, 0..16 * MIB, 8 * MIB..24 * MIB]);
+    }
+
+    #[test]
+    fn random_use_drops_the_span_of_what_was_used() {
+        let mut d = DropBehind::default();
+        assert_eq!(d.note(100 * MIB..100 * MIB + 4096), None);
+        assert_eq!(d.note(3 * MIB..3 * MIB + 4096), None);
+        let dropped = d.note(50 * MIB..58 * MIB);
+        assert_eq!(dropped, Some(3 * MIB..100 * MIB + 4096));
+    }
+}
