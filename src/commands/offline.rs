@@ -36,3 +36,8 @@ pub(crate) fn lock_offline(dir: BorrowedFd<'_>, backing: &Path) -> Result<(), Er
         backing.display()
     )))
 }
+
+/// The directory that holds `path`, for naming it in an error about that directory.
+pub(crate) fn parent(path: &Path) -> &Path {
+    path.parent().unwrap_or(path)
+}

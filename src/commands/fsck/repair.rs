@@ -10,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::{Kind, Run, LOST_FOUND};
+use crate::commands::offline::parent;
 use crate::crypto::names::{long_name_entry_of, long_name_side_file};
 use crate::error::Error;
 use crate::fs::backing::{self, DIR_FLAGS};
@@ -120,8 +121,4 @@ fn move_unique(
     }
     // Every suffix is taken.
     Err(io::Error::from_raw_os_error(libc::EEXIST))
-}
-
-fn parent(path: &Path) -> &Path {
-    path.parent().unwrap_or(path)
 }

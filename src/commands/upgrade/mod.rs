@@ -51,7 +51,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::commands::offline::{lock_offline, open_backing};
+use crate::commands::offline::{lock_offline, open_backing, parent};
 use crate::error::{Error, UpgradeError};
 use crate::fs::backing::{self, DIR_FLAGS};
 use crate::keys::{KeyContext, KeyRef};
@@ -239,9 +239,6 @@ impl Run<'_> {
     }
 }
 
-fn parent(path: &Path) -> &Path {
-    path.parent().unwrap_or(path)
-}
 /// `xtsfs upgrade`, with a progress bar on a terminal.
 pub fn run(
     c: &crate::config::UpgradeConfig,
