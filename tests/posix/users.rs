@@ -684,9 +684,9 @@ fn utimensat_now_and_omit_for_owner_writer_and_stranger() {
 /// One way of changing a file, by name.
 pub type Change = (&'static str, fn(&Path) -> io::Result<()>);
 
-/// Each way of changing a file's contents or owner, and who does it.
-fn setid_clearing(dir: &Path) -> Vec<String> {
-    let ways: [Change; 7] = [
+/// Each way of changing a file's contents or length through a path, by name.
+pub fn contents_changes() -> [Change; 7] {
+    [
         ("write O_RDWR", |p| {
             OpenOptions::new()
                 .read(true)
@@ -731,9 +731,13 @@ fn setid_clearing(dir: &Path) -> Vec<String> {
                 .open(p)
                 .map(drop)
         }),
-    ];
+    ]
+}
+
+/// Each way of changing a file's contents or owner, and who does it.
+fn setid_clearing(dir: &Path) -> Vec<String> {
     let mut seen = Vec::new();
-    for (i, (way, change)) in ways.iter().enumerate() {
+    for (i, (way, change)) in contents_changes().iter().enumerate() {
         for mode in [0o6775, 0o6765, 0o4755] {
             for user in [User::root(), User::alice(), User::bob()] {
                 let path = dir.join(format!("f-{i}-{mode:o}-{}", user.uid));

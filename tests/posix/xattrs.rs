@@ -12,7 +12,8 @@ use crate::common::users::{User, ALICE, BOB};
 use crate::common::xattr::{self, lgetxattr, lgetxattr_into, lremovexattr, lsetxattr};
 use crate::common::TestEnv;
 use crate::users::{
-    chmod, lchown, make, mounted_for_all, outcome, same_for_every_mount, st, umask, Change, TYPES,
+    chmod, contents_changes, lchown, make, mounted_for_all, outcome, same_for_every_mount, st,
+    umask, Change, TYPES,
 };
 
 /// getxattr into a buffer of exactly `size` bytes.
@@ -162,30 +163,18 @@ const FILE_CAPABILITY: [u8; 20] = [
 /// write comes after the kernel has already looked once and found nothing.
 #[test]
 fn writes_and_truncates_remove_file_capabilities() {
-    let ways: [Change; 4] = [
-        ("write O_RDWR", |p| {
-            use std::io::Write;
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(p)?
-                .write_all(b"x")
-        }),
-        ("write O_WRONLY", |p| {
-            use std::io::Write;
-            OpenOptions::new().write(true).open(p)?.write_all(b"x")
-        }),
-        ("ftruncate", |p| {
-            OpenOptions::new().write(true).open(p)?.set_len(1)
-        }),
-        ("open O_TRUNC", |p| {
-            OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(p)
-                .map(drop)
-        }),
-    ];
+    let ways: Vec<Change> = contents_changes()
+        .into_iter()
+        .filter(|(way, _)| {
+            [
+                "write O_RDWR",
+                "write O_WRONLY",
+                "ftruncate",
+                "open O_TRUNC",
+            ]
+            .contains(way)
+        })
+        .collect();
     let seen = same_for_every_mount(&[], |dir| {
         let mut seen = Vec::new();
         for (i, (way, change)) in ways.iter().enumerate() {
