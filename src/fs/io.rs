@@ -2,7 +2,7 @@
 //! accessors every access to a file's contents goes through, [`XtsFs::read_contents`]
 //! (the shared content lock) and [`XtsFs::write_contents`] (exclusive).
 
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::ops::Range;
 
 use super::contents::Contents;
@@ -60,20 +60,27 @@ impl XtsFs {
         let secrets = self.keyring.get()?;
         let handle = self.handles.get(fh)?;
         let (node, file) = (handle.node(), handle.readable_file()?);
-        let (range, format) =
-            self.read_contents(node, file, &secrets, |contents, len| match contents {
-                Some(c) => Ok((c.read(offset, size as usize, len, buf)?, Some(c.format))),
-                None => {
-                    let n = len.saturating_sub(offset).min(size.into()) as usize;
-                    buf.clear();
-                    buf.resize(n, 0);
-                    Ok((0..n, None))
+        let (range, format, meta) =
+            self.read_contents_with_meta(node, file, &secrets, |contents, len, meta| {
+                let meta = meta.clone();
+                match contents {
+                    Some(c) => Ok((
+                        c.read(offset, size as usize, len, buf)?,
+                        Some(c.format),
+                        meta,
+                    )),
+                    None => {
+                        let n = len.saturating_sub(offset).min(size.into()) as usize;
+                        buf.clear();
+                        buf.resize(n, 0);
+                        Ok((0..n, None, meta))
+                    }
                 }
             })?;
         if let Some(format) = format {
             self.note_cached_use(&handle, format, offset, range.len());
         }
-        self.mark_accessed(node, file);
+        self.mark_accessed(node, &meta);
         Ok(range)
     }
 
@@ -97,14 +104,12 @@ impl XtsFs {
     /// (it is not after the last change, or a day old), by a one-byte read through a
     /// handle without O_NOATIME, so the backing mount's own atime policy decides. Best
     /// effort: a failure leaves the access time as it was, and the read succeeds.
-    fn mark_accessed(&self, node: &Node, file: &File) {
+    /// `meta` is the backing file's status from the read itself.
+    fn mark_accessed(&self, node: &Node, meta: &Metadata) {
         use std::os::unix::fs::{FileExt, MetadataExt};
         if self.options.read_only {
             return;
         }
-        let Ok(meta) = file.metadata() else {
-            return;
-        };
         let atime = (meta.atime(), meta.atime_nsec());
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -186,14 +191,27 @@ impl XtsFs {
         secrets: &VolumeSecrets,
         f: impl FnOnce(Option<&Contents<'_>>, u64) -> FsResult<R>,
     ) -> FsResult<R> {
+        self.read_contents_with_meta(node, file, secrets, |contents, len, _| f(contents, len))
+    }
+
+    /// [`Self::read_contents`], also passing the backing file's status that the
+    /// plaintext length came from.
+    fn read_contents_with_meta<R>(
+        &self,
+        node: &Node,
+        file: &File,
+        secrets: &VolumeSecrets,
+        f: impl FnOnce(Option<&Contents<'_>>, u64, &Metadata) -> FsResult<R>,
+    ) -> FsResult<R> {
         let _shared = read(&node.content_lock)?;
         let key = node.key(file, &secrets.dek, self.options.format)?;
         let format = key
             .as_ref()
             .map_or(self.options.format.new_files(), |k| k.format);
-        let len = plain_len(format, node, file)?;
+        let meta = file.metadata()?;
+        let len = plain_len(format, node, &meta)?;
         let contents = key.as_ref().map(|key| key.contents(file));
-        f(contents.as_ref(), len)
+        f(contents.as_ref(), len, &meta)
     }
 
     /// Runs `f` on a file's contents and plaintext length under the exclusive content
@@ -208,7 +226,7 @@ impl XtsFs {
     ) -> FsResult<R> {
         let _exclusive = write(&node.content_lock)?;
         let key = node.key_or_create(file, &secrets.dek, self.options.format)?;
-        let len = plain_len(key.format, node, file)?;
+        let len = plain_len(key.format, node, &file.metadata()?)?;
         f(&key.contents(file), len)
     }
 
@@ -271,8 +289,8 @@ impl XtsFs {
 }
 
 /// The plaintext length of an open backing file of `format`.
-fn plain_len(format: FileFormat, node: &Node, file: &File) -> FsResult<u64> {
-    let backing_len = file.metadata()?.len();
+fn plain_len(format: FileFormat, node: &Node, meta: &Metadata) -> FsResult<u64> {
+    let backing_len = meta.len();
     format.plaintext_len(backing_len).ok_or_else(|| {
         corrupt(
             node.fd(),
