@@ -105,13 +105,18 @@ pub fn negotiate(config: &mut KernelConfig) {
         // the umask to us: a new object's mode comes from the backing file system, which
         // applies the caller's umask, or the parent's default ACL instead.
         | InitFlags::FUSE_POSIX_ACL
-        | InitFlags::FUSE_DONT_MASK;
-    // Not FUSE_HANDLE_KILLPRIV_V2, although it would spare every buffered write the
-    // GETXATTR of security.capability that the kernel sends first (docs/PERFORMANCE.md,
-    // step 18): with it the kernel leaves removing a file capability on a direct write,
-    // and clearing set-id bits on a chown that changes nothing, to the file system, and
-    // tests/posix (writes_and_truncates_remove_file_capabilities, set_id_bits_...) show
-    // both.
+        | InitFlags::FUSE_DONT_MASK
+        // The kernel then marks the mount SB_NOSEC: a buffered write no longer sends a
+        // GETXATTR of security.capability first, unless a security.* attribute was set
+        // or the file's attributes refreshed since the kernel last looked (one round
+        // trip less per write, under the inode lock; docs/PERFORMANCE.md, step 18). In
+        // exchange the file system clears set-id bits on write, truncate and O_TRUNC
+        // (XtsFs::drop_setid, by the caller's ids) and on chown (the backing chown,
+        // also for a chown that changes nothing: XtsFs::setattr), and removes a file
+        // capability on a direct write (XtsFs::drop_capability); the kernel still
+        // removes one on buffered writes and truncates. tests/posix checks each against
+        // the local file system.
+        | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
     let _ = config.add_capabilities(wanted & config.capabilities());
 }
 

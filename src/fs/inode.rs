@@ -49,6 +49,10 @@ pub struct Node {
     /// Whether the file is known to have no file capability (security.capability): set
     /// when a look found none, cleared when one is set through the mount.
     no_capability: AtomicBool,
+    /// The process that last removed the file's capability through the mount (0: none
+    /// since it was taken): the kernel does that right before it asks, with a setattr of
+    /// nothing, that a write's privileges go (see [`XtsFs::setattr`](super::XtsFs)).
+    capability_removed_by: AtomicU32,
 }
 
 /// What a file's header says: its format and its contents cipher.
@@ -96,6 +100,20 @@ impl Node {
     /// Records whether the file is known to have no file capability.
     pub fn note_no_capability(&self, none: bool) {
         self.no_capability.store(none, Ordering::Release);
+    }
+
+    /// Records that process `pid` removed the file's capability.
+    pub fn note_capability_removed_by(&self, pid: u32) {
+        self.capability_removed_by.store(pid, Ordering::Relaxed);
+    }
+
+    /// Whether process `pid` was the last to remove the file's capability; forgets it.
+    pub fn take_capability_removal(&self, pid: u32) -> bool {
+        pid != 0
+            && self
+                .capability_removed_by
+                .compare_exchange(pid, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// The last known mode. Every change of the mode through the mount is stat'ed, so
@@ -301,5 +319,6 @@ fn new_node(id: u64, fd: OwnedFd, backing_key: (u64, u64)) -> Node {
         mode: AtomicU32::new(0),
         drop_behind: Mutex::new(DropBehind::default()),
         no_capability: AtomicBool::new(false),
+        capability_removed_by: AtomicU32::new(0),
     }
 }

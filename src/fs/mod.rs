@@ -93,6 +93,18 @@ pub struct SetAttr {
     pub caller: Option<CallerIds>,
 }
 
+impl SetAttr {
+    /// Whether the request sets no attribute at all.
+    fn changes_nothing(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.times.atime.is_none()
+            && self.times.mtime.is_none()
+    }
+}
+
 /// What getxattr and listxattr answer: the size asked for, or the bytes.
 pub enum XattrReply {
     Size(u32),
@@ -209,7 +221,10 @@ impl XtsFs {
         if let Some(mode) = change.mode {
             backing::chmod(node.fd(), mode & 0o7777)?;
         }
-        if change.uid.is_some() || change.gid.is_some() {
+        if change.uid.is_some() || change.gid.is_some() || self.is_chown_of_nothing(&node, &change)
+        {
+            // A chown of the backing object by the daemon (which is root) clears set-id
+            // bits as the local file system's chown does, and keeps a directory's.
             backing::chown(node.fd(), change.uid, change.gid)?;
         }
         if let Some(size) = change.size {
@@ -232,6 +247,21 @@ impl XtsFs {
             backing::utimens(node.fd(), atime, mtime)?;
         }
         self.attr_of(&node)
+    }
+
+    /// Whether a setattr is a chown that keeps both ids, which clears set-id bits on a
+    /// local file system: with FUSE_HANDLE_KILLPRIV_V2 (adapter::negotiate) the kernel
+    /// sends it as a setattr of nothing. It sends the same after removing a file's
+    /// capability before a buffered write, where set-id bits must stay for a caller
+    /// with CAP_FSETID (and XtsFs::write clears them for others); that one follows the
+    /// same process's removal of the capability. A chown of nothing right after a
+    /// capability removal by the same process is taken for the write's: the one case
+    /// that differs from a local file system (README, "POSIX behaviour").
+    fn is_chown_of_nothing(&self, node: &Node, change: &SetAttr) -> bool {
+        change.changes_nothing()
+            && !change
+                .caller
+                .is_some_and(|caller| node.take_capability_removal(caller.pid))
     }
 
     /// Usage of the backing file system; served while locked too.

@@ -128,7 +128,11 @@ impl XtsFs {
             return self.attr_of(&node).map(drop);
         }
         let stored_name = xattr_backing_name(&secrets.names, name)?;
-        Ok(backing::removexattr(node.fd(), &stored_name)?)
+        backing::removexattr(node.fd(), &stored_name)?;
+        if name == CAPABILITY {
+            node.note_capability_removed_by(caller.pid);
+        }
+        Ok(())
     }
 
     /// Only the owner (or root) may set or remove a POSIX ACL, as on a local file
