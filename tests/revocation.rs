@@ -103,9 +103,12 @@ fn a_fifo_in_place_of_the_header_does_not_stall_the_lock_or_unmount() {
     ]);
     fs::write(m.path("data"), b"served until the key is revoked").unwrap();
 
+    // Swapped in by a rename: a key check between a removal and a mkfifo would find no
+    // header at all, and lock for that.
     let header = m.backing.join("xtsfs.header");
-    fs::remove_file(&header).unwrap();
-    common::sys::mkfifo(&header, 0o600).unwrap();
+    let fifo = m.backing.join("fifo");
+    common::sys::mkfifo(&fifo, 0o600).unwrap();
+    fs::rename(&fifo, &header).unwrap();
     fs::rename(&key, env.path("kek.pem.revoked")).unwrap();
 
     assert!(
