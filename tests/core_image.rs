@@ -34,7 +34,18 @@ fn readable_regions(pid: u32) -> Vec<(u64, u64, String)> {
                 )
             })
         })
-        .collect()
+        // Adjacent regions as one: a malloc arena grows by mprotect, page by page, and a
+        // key may straddle two of its mappings.
+        .fold(
+            Vec::new(),
+            |mut regions: Vec<(u64, u64, String)>, (start, end, name)| {
+                match regions.last_mut() {
+                    Some(last) if last.1 == start => last.1 = end,
+                    _ => regions.push((start, end, name)),
+                }
+                regions
+            },
+        )
 }
 
 /// Which of `needles` occur anywhere in the daemon's readable memory, with where.
