@@ -5,7 +5,8 @@
 //! pages go at once, dirty ones are queued for writeback (which the kernel would do
 //! anyway) and go when the next window is dropped, which covers the previous one again.
 //! Pages a request has not used yet, the backing file's readahead past the last read,
-//! stay. With `--direct-io` (and for write-only and O_DIRECT handles) the mount caches no
+//! stay, and so do the pages of scattered (random) requests, which the workload is
+//! likely to use again ([`DropBehind::note`]). With `--direct-io` (and for write-only and O_DIRECT handles) the mount caches no
 //! plaintext, and the backing pages are the one copy, so nothing is dropped; nor on a
 //! backing file system that keeps its files in memory (tmpfs), whose pages are its storage.
 //!
@@ -29,14 +30,23 @@ pub struct DropBehind {
 impl DropBehind {
     /// Notes that a request used backing bytes `range`; once a window is full, returns
     /// the range to drop: the span of this window's requests and the previous window's.
+    /// Only a dense window is dropped, one whose requests span at most twice the bytes
+    /// they used (a stream, sequential or nearly so): the span of scattered requests is
+    /// most of the file, whose pages a random workload keeps coming back to, and
+    /// dropping them would send its next reads, and a format 1 file's partial-page
+    /// writes, to the disk.
     pub fn note(&mut self, range: Range<u64>) -> Option<Range<u64>> {
         self.used += range.end.saturating_sub(range.start);
         self.current = Some(span(self.current.take(), range));
         if self.used < WINDOW {
             return None;
         }
-        self.used = 0;
+        let used = std::mem::take(&mut self.used);
         let current = self.current.take()?;
+        if current.end - current.start > 2 * used {
+            self.previous = None;
+            return None;
+        }
         let previous = self.previous.replace(current.clone());
         Some(span(previous, current))
     }
@@ -73,11 +83,23 @@ mod tests {
     }
 
     #[test]
-    fn random_use_drops_the_span_of_what_was_used() {
+    fn scattered_use_drops_nothing() {
         let mut d = DropBehind::default();
         assert_eq!(d.note(100 * MIB..100 * MIB + 4096), None);
         assert_eq!(d.note(3 * MIB..3 * MIB + 4096), None);
-        let dropped = d.note(50 * MIB..58 * MIB);
-        assert_eq!(dropped, Some(3 * MIB..100 * MIB + 4096));
+        assert_eq!(d.note(50 * MIB..58 * MIB), None);
+        // Nor does the dense window after it reach back to the scattered one.
+        assert_eq!(d.note(60 * MIB..68 * MIB), Some(60 * MIB..68 * MIB));
+    }
+
+    #[test]
+    fn nearly_sequential_use_is_dropped() {
+        let mut d = DropBehind::default();
+        // 4 KiB requests every 8 KiB: a span of twice the bytes used.
+        let mut dropped = None;
+        for i in 0..2048 {
+            dropped = dropped.or(d.note(i * 8192..i * 8192 + 4096));
+        }
+        assert_eq!(dropped, Some(0..16 * MIB - 4096));
     }
 }
