@@ -37,10 +37,16 @@ pub fn file_attr(
         uid: st.st_uid,
         gid: st.st_gid,
         rdev: super::backing::dev_to_fuse(st.st_rdev),
-        blksize: 4096,
+        blksize: PREFERRED_IO_SIZE,
         flags: 0,
     }
 }
+
+/// The `st_blksize` of everything in the mount: the I/O size programs should prefer.
+/// Each read or write that reaches the daemon is a round trip, so it is larger than the
+/// backing file system's page-sized blocks: stdio sizes its buffers by it (Redis saves
+/// and loads its RDB file through them), and so do cp and others.
+const PREFERRED_IO_SIZE: u32 = 128 << 10;
 
 /// Length of a symlink target whose stored form is base64url(SIV tag + target): the
 /// encoding of n bytes is ceil(4n / 3) long, so floor(3 * stored / 4) is n exactly.
