@@ -60,21 +60,14 @@ impl XtsFs {
         let secrets = self.keyring.get()?;
         let handle = self.handles.get(fh)?;
         let (node, file) = (handle.node(), handle.readable_file()?);
-        let (range, format, meta) =
-            self.read_contents_with_meta(node, file, &secrets, |contents, len, meta| {
-                let meta = meta.clone();
-                match contents {
-                    Some(c) => Ok((
-                        c.read(offset, size as usize, len, buf)?,
-                        Some(c.format),
-                        meta,
-                    )),
-                    None => {
-                        let n = len.saturating_sub(offset).min(size.into()) as usize;
-                        buf.clear();
-                        buf.resize(n, 0);
-                        Ok((0..n, None, meta))
-                    }
+        let ((range, format), meta) =
+            self.read_contents_with_meta(node, file, &secrets, |contents, len| match contents {
+                Some(c) => Ok((c.read(offset, size as usize, len, buf)?, Some(c.format))),
+                None => {
+                    let n = len.saturating_sub(offset).min(size.into()) as usize;
+                    buf.clear();
+                    buf.resize(n, 0);
+                    Ok((0..n, None))
                 }
             })?;
         if let Some(format) = format {
@@ -191,18 +184,19 @@ impl XtsFs {
         secrets: &VolumeSecrets,
         f: impl FnOnce(Option<&Contents<'_>>, u64) -> FsResult<R>,
     ) -> FsResult<R> {
-        self.read_contents_with_meta(node, file, secrets, |contents, len, _| f(contents, len))
+        self.read_contents_with_meta(node, file, secrets, f)
+            .map(|(result, _)| result)
     }
 
-    /// [`Self::read_contents`], also passing the backing file's status that the
+    /// [`Self::read_contents`], also returning the backing file's status that the
     /// plaintext length came from.
     fn read_contents_with_meta<R>(
         &self,
         node: &Node,
         file: &File,
         secrets: &VolumeSecrets,
-        f: impl FnOnce(Option<&Contents<'_>>, u64, &Metadata) -> FsResult<R>,
-    ) -> FsResult<R> {
+        f: impl FnOnce(Option<&Contents<'_>>, u64) -> FsResult<R>,
+    ) -> FsResult<(R, Metadata)> {
         let _shared = read(&node.content_lock)?;
         let key = node.key(file, &secrets.dek, self.options.format)?;
         let format = key
@@ -211,7 +205,7 @@ impl XtsFs {
         let meta = file.metadata()?;
         let len = plain_len(format, node, &meta)?;
         let contents = key.as_ref().map(|key| key.contents(file));
-        f(contents.as_ref(), len, &meta)
+        Ok((f(contents.as_ref(), len)?, meta))
     }
 
     /// Runs `f` on a file's contents and plaintext length under the exclusive content
