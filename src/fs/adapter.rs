@@ -83,7 +83,7 @@ fn fopen_flags(opened: &Opened) -> FopenFlags {
         // The plaintext pages stay cached from one open to the next: every change of
         // the file goes through the kernel, which keeps them consistent (a direct write
         // invalidates the pages it covers), and they are the file's only cached copy
-        // (src/fs/drop_behind.rs), so dropping them at each open would read the file
+        // (src/fs/behind.rs), so dropping them at each open would read the file
         // from the disk again.
         FopenFlags::FOPEN_KEEP_CACHE
     }

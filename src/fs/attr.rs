@@ -44,8 +44,9 @@ pub fn file_attr(
 
 /// The `st_blksize` of everything in the mount: the I/O size programs should prefer.
 /// Each read or write that reaches the daemon is a round trip, so it is larger than the
-/// backing file system's page-sized blocks: stdio sizes its buffers by it (Redis saves
-/// and loads its RDB file through them), and so do cp and others.
+/// backing file system's page-sized blocks. Buffered writers size their buffers by it:
+/// glibc's stdio up to its BUFSIZ of 8 KiB (Redis saves and loads its RDB file through
+/// it), Python's buffered files in full.
 const PREFERRED_IO_SIZE: u32 = 128 << 10;
 
 /// Length of a symlink target whose stored form is base64url(SIV tag + target): the

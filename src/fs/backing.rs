@@ -335,14 +335,26 @@ pub fn is_memory_backed(fd: BorrowedFd<'_>) -> io::Result<bool> {
 /// Advises the kernel that the cached pages of `range` of `file` are not needed again:
 /// clean ones are dropped, dirty ones queued for writeback. A hint; errors are ignored.
 pub fn drop_cached(file: &File, range: Range<u64>) {
-    let (Ok(offset), Ok(len)) = (
-        to_off(range.start),
-        to_off(range.end.saturating_sub(range.start)),
-    ) else {
-        return;
-    };
-    // SAFETY: valid fd; posix_fadvise reads nothing from memory.
-    unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+    if let Some((offset, len)) = offset_and_len(range) {
+        // SAFETY: valid fd; posix_fadvise reads nothing from memory.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+    }
+}
+
+/// Starts writeback of the dirty pages of `range` of `file`, without waiting for it. A
+/// hint; errors are ignored.
+pub fn start_writeback(file: &File, range: Range<u64>) {
+    if let Some((offset, len)) = offset_and_len(range) {
+        // SAFETY: valid fd; sync_file_range reads nothing from memory.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+        };
+    }
+}
+
+fn offset_and_len(range: Range<u64>) -> Option<(libc::off_t, libc::off_t)> {
+    let len = range.end.saturating_sub(range.start);
+    Some((to_off(range.start).ok()?, to_off(len).ok()?))
 }
 
 pub fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> io::Result<()> {

@@ -15,8 +15,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::behind::{Behind, Windows};
 use super::contents::{self, Contents, HeaderProblem};
-use super::drop_behind::DropBehind;
 use super::errno::{corrupt, lock, recover, FsError, FsResult};
 use crate::crypto::xts::Xts256;
 use crate::crypto::VolumeKey;
@@ -45,7 +45,7 @@ pub struct Node {
     mode: AtomicU32,
     /// The backing pages that requests through page-cached handles used since they were
     /// last dropped.
-    drop_behind: Mutex<DropBehind>,
+    behind: Mutex<Windows>,
     /// Whether the file is known to have no file capability (security.capability): set
     /// when a look found none, cleared when one is set through the mount.
     no_capability: AtomicBool,
@@ -82,13 +82,16 @@ impl Node {
         self.mode.store(mode, Ordering::Relaxed);
     }
 
-    /// Notes that a request through a handle whose plaintext the kernel caches used
-    /// `range` of the backing file `file`, and drops a window of such pages once it is
-    /// full ([`super::drop_behind`]). The state is a hint: a poisoned lock is taken over.
-    pub fn note_cached_use(&self, file: &File, range: std::ops::Range<u64>) {
-        let full = recover(self.drop_behind.lock()).note(range);
+    /// Notes that a request used `range` of the backing file `file`, and once a window
+    /// of such pages is full, does `behind` to it ([`super::behind`]). The state is a
+    /// hint: a poisoned lock is taken over.
+    pub fn note_use(&self, file: &File, range: std::ops::Range<u64>, behind: Behind) {
+        let full = recover(self.behind.lock()).note(range);
         if let Some(range) = full {
-            super::backing::drop_cached(file, range);
+            match behind {
+                Behind::Drop => super::backing::drop_cached(file, range),
+                Behind::WriteOut => super::backing::start_writeback(file, range),
+            }
         }
     }
 
@@ -317,7 +320,7 @@ fn new_node(id: u64, fd: OwnedFd, backing_key: (u64, u64)) -> Node {
         key: Mutex::new(None),
         format: Mutex::new(None),
         mode: AtomicU32::new(0),
-        drop_behind: Mutex::new(DropBehind::default()),
+        behind: Mutex::new(Windows::default()),
         no_capability: AtomicBool::new(false),
         capability_removed_by: AtomicU32::new(0),
     }

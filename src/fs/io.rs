@@ -5,6 +5,7 @@
 use std::fs::{File, Metadata};
 use std::ops::Range;
 
+use super::behind::Behind;
 use super::contents::Contents;
 use super::errno::{corrupt, read, write, FsError, FsResult};
 use super::handle::Handle;
@@ -71,22 +72,28 @@ impl XtsFs {
                 }
             })?;
         if let Some(format) = format {
-            self.note_cached_use(&handle, format, offset, range.len());
+            self.note_use(&handle, format, offset, range.len(), false);
         }
         self.mark_accessed(node, &meta);
         Ok(range)
     }
 
-    /// For a handle whose plaintext the kernel caches, notes the backing bytes a request
-    /// at plaintext `offset` used, so that their ciphertext does not stay cached as well
-    /// ([`super::drop_behind`]).
-    fn note_cached_use(&self, handle: &Handle, format: FileFormat, offset: u64, len: usize) {
-        if self.drops_behind && handle.is_cached() {
+    /// Notes the backing bytes that a request at plaintext `offset` used, so that a
+    /// stream of them does not leave its ciphertext behind in the backing file's cache:
+    /// a second copy beside the plaintext that the kernel caches for the handle, or a
+    /// pile of dirty pages behind writes that bypass that cache ([`super::behind`]).
+    fn note_use(&self, handle: &Handle, format: FileFormat, offset: u64, len: usize, write: bool) {
+        let behind = match (handle.is_cached(), write) {
+            (true, _) => Behind::Drop,
+            (false, true) => Behind::WriteOut,
+            (false, false) => return,
+        };
+        if self.acts_behind {
             if let Some(file) = handle.file() {
                 let start = format.data_offset() + offset;
                 handle
                     .node()
-                    .note_cached_use(file, start..start + len as u64);
+                    .note_use(file, start..start + len as u64, behind);
             }
         }
     }
@@ -144,7 +151,7 @@ impl XtsFs {
                 Ok(contents.format)
             })?,
         };
-        self.note_cached_use(&handle, format, offset, data.len());
+        self.note_use(&handle, format, offset, data.len(), true);
         Ok(written)
     }
 

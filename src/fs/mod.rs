@@ -10,9 +10,9 @@
 pub mod adapter;
 pub(crate) mod attr;
 pub(crate) mod backing;
+mod behind;
 pub mod contents;
 mod dir;
-mod drop_behind;
 mod errno;
 mod handle;
 mod inode;
@@ -53,9 +53,9 @@ pub struct XtsFs {
     /// Whether names, symlink targets and attributes are stored encrypted (a volume
     /// property, fixed for the life of the mount).
     encrypted_names: bool,
-    /// Whether the ciphertext pages of page-cached requests are dropped
-    /// ([`drop_behind`]): not on a backing file system that keeps files in memory.
-    drops_behind: bool,
+    /// Whether streams of requests drop or write out the backing pages they leave behind
+    /// ([`behind`]): not on a backing file system that keeps files in memory.
+    acts_behind: bool,
 }
 
 /// The result of creating or looking up a name.
@@ -116,14 +116,14 @@ impl XtsFs {
     pub fn new(tree: OwnedFd, keyring: Arc<Keyring>, options: FsOptions) -> std::io::Result<Self> {
         let st = backing::stat(tree.as_fd())?;
         let encrypted_names = keyring.get().map_or(true, |s| s.names.is_encrypted());
-        let drops_behind = !backing::is_memory_backed(tree.as_fd())?;
+        let acts_behind = !backing::is_memory_backed(tree.as_fd())?;
         Ok(XtsFs {
             keyring,
             inodes: InodeTable::new(tree, &st),
             handles: HandleTable::default(),
             options,
             encrypted_names,
-            drops_behind,
+            acts_behind,
         })
     }
 

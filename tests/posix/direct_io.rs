@@ -167,7 +167,7 @@ fn resident_pages(file: &File) -> (usize, usize) {
 }
 
 /// A file written and read through the page cache keeps its plaintext there, and its
-/// ciphertext does not stay cached as well (src/fs/drop_behind.rs): at most about two
+/// ciphertext does not stay cached as well (src/fs/behind.rs): at most about two
 /// 8 MiB windows of it. (Only an upper bound can be asserted: other tests may drop
 /// caches at any time.) On a backing file system that keeps files in memory, nothing is
 /// dropped.
@@ -204,6 +204,78 @@ fn page_cached_io_does_not_leave_the_ciphertext_cached_too() {
         resident * 100 <= pages * 40,
         "{resident} of {pages} backing pages still cached"
     );
+}
+
+/// Writes that bypass the mount's page cache leave their ciphertext as the one cached
+/// copy, and its writeback starts behind a stream of them, as a writer pacing itself
+/// with `sync_file_range` on a local file system would have it (src/fs/behind.rs):
+/// after 128 MiB written through a write-only handle and not synced, at most about
+/// three 8 MiB windows of the backing file are still dirty. (An upper bound again: the
+/// kernel or another test may write pages back sooner, never later.) Needs `cachestat`
+/// (Linux 6.5), the one call that counts a file's dirty pages.
+#[test]
+fn writes_that_bypass_the_page_cache_are_written_back_behind_them() {
+    let env = TestEnv::new();
+    let m = env.mounted(&[]);
+    if nix_statfs(&m.backing) == libc::TMPFS_MAGIC {
+        eprintln!("skipped: the backing directory is on a tmpfs, whose pages are its storage");
+        return;
+    }
+    const LEN: u64 = 128 << 20;
+    let path = m.path("written");
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    for chunk in 0..LEN >> 20 {
+        file.write_all_at(&data(chunk, 1 << 20), chunk << 20)
+            .unwrap();
+    }
+    let backing = File::open(m.backing_path("written")).unwrap();
+    let Some(dirty) = dirty_pages(&backing) else {
+        eprintln!("skipped: no cachestat(2) on this kernel (Linux 6.5+)");
+        return;
+    };
+    assert!(
+        dirty * 4096 <= 24 << 20,
+        "{dirty} pages of the backing file ({} MiB) still dirty after {} MiB written",
+        (dirty * 4096) >> 20,
+        LEN >> 20
+    );
+    drop(file);
+    assert_eq!(
+        read_at(&File::open(&path).unwrap(), LEN - 4, 4),
+        data((LEN >> 20) - 1, 1 << 20)[(1 << 20) - 4..]
+    );
+}
+
+/// Dirty pages of `file` in the page cache, by cachestat(2); None where the kernel has
+/// no such call.
+fn dirty_pages(file: &File) -> Option<u64> {
+    /// cachestat's number on x86-64 and aarch64 alike (the generic table).
+    const SYS_CACHESTAT: libc::c_long = 451;
+    // struct cachestat_range { off, len } (len 0: to the end) and struct cachestat
+    // { nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted }, from
+    // linux/mman.h: all u64.
+    let range = [0u64; 2];
+    let mut stat = [0u64; 5];
+    // SAFETY: valid fd; range and stat have the kernel's layouts, stat is written on
+    // success.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            range.as_ptr(),
+            stat.as_mut_ptr(),
+            0,
+        )
+    };
+    if r == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        return None;
+    }
+    cvt(r as i32).unwrap();
+    Some(stat[1])
 }
 
 fn nix_statfs(path: &std::path::Path) -> libc::__fsword_t {
