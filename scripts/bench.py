@@ -15,6 +15,7 @@ limit (disk backing). --workloads, --redis-workloads and --skip-parallel pick a 
 Run through scripts/bench.sh (it builds xtsfs and installs what this needs)."""
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -236,6 +237,28 @@ class Memory:
         self.remove(self.container)
 
 
+@contextlib.contextmanager
+def backing_dir(label, disk_dir):
+    """A fresh directory on backing `label`, a 4 GiB tmpfs or a directory under
+    `disk_dir`, and the environment that keeps xtsfs's platform keys and run files in
+    it; unmounted and removed after."""
+    base = Path(tempfile.mkdtemp(prefix=f"xtsfs-bench-{label}-", dir=disk_dir if label == "disk" else "/tmp"))
+    try:
+        if label == "tmpfs":
+            sh("mount", "-t", "tmpfs", "-o", "size=4g", "tmpfs", base)
+        yield base, dict(os.environ, XTSFS_PLATFORM_KEY_DIR=str(base / "platform-keys"), XTSFS_RUN_DIR=str(base / "run"))
+    finally:
+        if label == "tmpfs":
+            # The daemons may still hold it for a moment after their unmounts return.
+            for _ in range(20):
+                if sh("umount", base, check=False).returncode == 0 or not os.path.ismount(base):
+                    break
+                time.sleep(0.5)
+            else:
+                print(f"could not unmount {base}", file=sys.stderr)
+        shutil.rmtree(base, ignore_errors=True)
+
+
 class Setups:
     """Mounts the setups under one base directory."""
 
@@ -357,11 +380,12 @@ class FioError(Exception):
     pass
 
 
-def fio(targets, args, size, runtime=None):
+def fio(targets, args, size, runtime=None, prefix=()):
     """One fio run on `targets` (--filename=..., or --directory and --filename_format);
-    time-based when `runtime` is given, else once over `size`. Returns its (group's) job."""
+    time-based when `runtime` is given, else once over `size`; `prefix`: a command that
+    runs fio (a profiler). Returns its (group's) job."""
     timing = ["--time_based", f"--runtime={runtime}"] if runtime else []
-    cmd = ["fio", "--name=bench", *targets, f"--size={size}", "--ioengine=psync", *timing,
+    cmd = [*prefix, "fio", "--name=bench", *targets, f"--size={size}", "--ioengine=psync", *timing,
            "--output-format=json", "--verify_state_save=0", "--group_reporting", *args]
     run = sh(*cmd, check=False)
     if run.returncode != 0 or "{" not in run.stdout:
@@ -387,6 +411,39 @@ def record_medians(values, results, label, workload, unit, notes=None):
                             **({"notes": notes[setup]} if notes and notes.get(setup) else {})})
 
 
+def lay_out(directory: Path, name, args, size, big_size=None):
+    """Lays out what fio workload `name` runs on in `directory`, and returns its fio
+    targets, its file size and the files to delete after the run. Appends start from no
+    file and "files" workloads from fresh files (a quarter of `size` each, for 4 jobs);
+    `big_size`: the cold random reads' own file (cold.dat), kept for the next workload;
+    the others share bench.dat, laid out once."""
+    size_bytes, jobs = parse_size(size), jobs_of(args)
+    if name.startswith("append") or name.endswith("files"):
+        stem = "append" if name.startswith("append") else "part"
+        if jobs > 1:
+            targets = [f"--directory={directory}", f"--filename_format={stem}.$jobnum.dat"]
+            laid_out = [directory / f"{stem}.{j}.dat" for j in range(jobs)]
+        else:
+            targets = [f"--filename={directory / (stem + '.dat')}"]
+            laid_out = [directory / f"{stem}.dat"]
+        for f in laid_out:
+            f.unlink(missing_ok=True)
+        if stem == "part":
+            size = str(size_bytes // jobs)
+            fio(targets, ["--rw=write", "--bs=1M", f"--numjobs={jobs}"], size)
+        return targets, size, laid_out
+    if big_size is not None:
+        targets = [f"--filename={directory / 'cold.dat'}"]
+        if not (directory / "cold.dat").exists():
+            print(f"  laying out a {big_size} file in {directory}", flush=True)
+            fio(targets, ["--rw=write", "--bs=1M"], big_size)
+        return targets, big_size, []
+    targets = [f"--filename={directory / 'bench.dat'}"]
+    if not (directory / "bench.dat").exists():
+        fio(targets, ["--rw=write", "--bs=1M"], size, 1)  # lays out the file
+    return targets, size, []
+
+
 def run_fio(setups: Setups, size, runtime, repeat, results, label, workloads=FIO_WORKLOADS, names=SETUPS,
             cold_read_size=None, device=None, failures=None):
     """Each workload runs `repeat` times, the setups taking turns within each round so that
@@ -397,7 +454,6 @@ def run_fio(setups: Setups, size, runtime, repeat, results, label, workloads=FIO
     whose read counters go with each cold round into rounds.md."""
     pid = setups.xtsfs_pid("xtsfs")
     failures = [] if failures is None else failures
-    size_bytes = parse_size(size)
 
     def big(name, cold):
         return cold_read_size is not None and cold and name.startswith("rand read")
@@ -406,39 +462,16 @@ def run_fio(setups: Setups, size, runtime, repeat, results, label, workloads=FIO
     for index, (name, unit, args, cold) in enumerate(workloads):
         values = {setup: [] for setup in names}
         notes = {setup: [] for setup in names}
-        jobs = jobs_of(args)
         side = "read" if "read" in name else "write"
         for _ in range(repeat):
             for setup in names:
                 directory = setups.dirs[setup]
                 if any(f["setup"] == setup and f["workload"] == name and f["backing"] == label for f in failures):
                     continue  # it failed in an earlier round: it cannot run this one
-                laid_out = []  # files to delete after this turn
-                file_size, before = size, None
+                laid_out, before = [], None  # files to delete after this turn
                 try:
-                    if name.startswith("append") or name.endswith("files"):
-                        stem = "append" if name.startswith("append") else "part"
-                        if jobs > 1:
-                            targets = [f"--directory={directory}", f"--filename_format={stem}.$jobnum.dat"]
-                            laid_out = [directory / f"{stem}.{j}.dat" for j in range(jobs)]
-                        else:
-                            targets = [f"--filename={directory / (stem + '.dat')}"]
-                            laid_out = [directory / f"{stem}.dat"]
-                        for f in laid_out:
-                            f.unlink(missing_ok=True)
-                        if stem == "part":
-                            file_size = str(size_bytes // jobs)
-                            fio(targets, ["--rw=write", "--bs=1M", f"--numjobs={jobs}"], file_size)
-                    elif big(name, cold):
-                        targets = [f"--filename={directory / 'cold.dat'}"]
-                        file_size = cold_read_size
-                        if not (directory / "cold.dat").exists():
-                            print(f"  {label:6} laying out a {cold_read_size} file on {setup}", flush=True)
-                            fio(targets, ["--rw=write", "--bs=1M"], file_size)
-                    else:
-                        targets = [f"--filename={directory / 'bench.dat'}"]
-                        if not (directory / "bench.dat").exists():
-                            fio(targets, ["--rw=write", "--bs=1M"], size, 1)  # lays out the file
+                    targets, file_size, laid_out = lay_out(directory, name, args, size,
+                                                           cold_read_size if big(name, cold) else None)
                     if cold:
                         drop_caches()
                     before = device.reads() if device and cold else None
@@ -999,61 +1032,49 @@ def main():
         print(f"page cache measured from {memory.describe}", flush=True)
     try:
         for label in backings:
-            base = Path(tempfile.mkdtemp(prefix=f"xtsfs-bench-{label}-", dir=args.disk_dir if label == "disk" else "/tmp"))
-            if label == "tmpfs":
-                sh("mount", "-t", "tmpfs", "-o", "size=4g", "tmpfs", base)
-            env = dict(os.environ, XTSFS_PLATFORM_KEY_DIR=str(base / "platform-keys"), XTSFS_RUN_DIR=str(base / "run"))
-            setups = None
-            device = BlockDevice(base) if label == "disk" else None
-            if device and not device.name:
-                print(f"no block device found under {base}: rounds.md will not show disk reads per I/O", flush=True)
-                device = None
-            try:
-                setups = Setups(base, env)
-                if workloads or pagecache:
-                    print(f"== {label}: fio", flush=True)
-                    rss[label] = run_fio(setups, args.size, args.runtime, args.repeat, results, label, workloads, names,
-                                         args.cold_read_size if label == "disk" else None, device, failures)
-                if pagecache:
-                    print(f"== {label}: page cache", flush=True)
-                    run_pagecache(setups, parse_size(args.pagecache_size), args.repeat, results, label,
-                                  pagecache_setups, memory, pagecache)
-                if workloads or pagecache:
-                    record_daemon_rss(setups, results, label, names)
-                if redis_names:
-                    print(f"== {label}: redis", flush=True)
-                    run_redis(setups, args.redis_keys, args.redis_requests, args.repeat, results, label, redis_setups,
-                              [w for w in redis_names if w in every_redis[:4]])
-                    if REDIS4 in redis_names:
-                        run_redis4(setups, args.redis_requests, args.repeat, results, label, redis_setups)
-                    cgroup_runs = [w for w in redis_names if "cgroup" in w]
-                    if cgroup_runs and label != "disk":
-                        print(f"  {label:6} Redis under a cgroup limit: disk backing only (a tmpfs's pages cannot be "
-                              f"reclaimed without swap: the limit would only OOM-kill Redis)", flush=True)
-                    elif cgroup_runs and memory.version is None:
-                        print(f"  {label:6} Redis under a cgroup limit: skipped, {memory.why}", flush=True)
-                        notes.append(f"Redis under a cgroup limit: skipped, {memory.why}.")
-                    elif cgroup_runs:
-                        limit, dataset_rss, rdb = run_redis_cgroup(
-                            setups, parse_size(args.redis_big_size), args.redis_cgroup_factor, args.repeat, results,
-                            label, redis_setups, memory, every_redis[5:], failures)
-                        notes.append(f"Redis under a cgroup limit ({label}): an RDB of {human(rdb)} (DEBUG POPULATE, "
-                                     f"{BIG_VALUE}-byte values, rdbcompression no), {human(dataset_rss)} of RSS in "
-                                     f"Redis; memory cgroup v{memory.version} limit {human(limit)} "
-                                     f"({args.redis_cgroup_factor:g}x) holding redis-server and the setup's daemon; "
-                                     f"caches dropped before each restart.")
-            finally:
-                if setups:
-                    setups.close()
-                if label == "tmpfs":
-                    # The daemons may still hold it for a moment after their unmounts return.
-                    for _ in range(20):
-                        if sh("umount", base, check=False).returncode == 0 or not os.path.ismount(base):
-                            break
-                        time.sleep(0.5)
-                    else:
-                        print(f"could not unmount {base}", file=sys.stderr)
-                shutil.rmtree(base, ignore_errors=True)
+            with backing_dir(label, args.disk_dir) as (base, env):
+                setups = None
+                device = BlockDevice(base) if label == "disk" else None
+                if device and not device.name:
+                    print(f"no block device found under {base}: rounds.md will not show disk reads per I/O", flush=True)
+                    device = None
+                try:
+                    setups = Setups(base, env)
+                    if workloads or pagecache:
+                        print(f"== {label}: fio", flush=True)
+                        rss[label] = run_fio(setups, args.size, args.runtime, args.repeat, results, label, workloads, names,
+                                             args.cold_read_size if label == "disk" else None, device, failures)
+                    if pagecache:
+                        print(f"== {label}: page cache", flush=True)
+                        run_pagecache(setups, parse_size(args.pagecache_size), args.repeat, results, label,
+                                      pagecache_setups, memory, pagecache)
+                    if workloads or pagecache:
+                        record_daemon_rss(setups, results, label, names)
+                    if redis_names:
+                        print(f"== {label}: redis", flush=True)
+                        run_redis(setups, args.redis_keys, args.redis_requests, args.repeat, results, label, redis_setups,
+                                  [w for w in redis_names if w in every_redis[:4]])
+                        if REDIS4 in redis_names:
+                            run_redis4(setups, args.redis_requests, args.repeat, results, label, redis_setups)
+                        cgroup_runs = [w for w in redis_names if "cgroup" in w]
+                        if cgroup_runs and label != "disk":
+                            print(f"  {label:6} Redis under a cgroup limit: disk backing only (a tmpfs's pages cannot be "
+                                  f"reclaimed without swap: the limit would only OOM-kill Redis)", flush=True)
+                        elif cgroup_runs and memory.version is None:
+                            print(f"  {label:6} Redis under a cgroup limit: skipped, {memory.why}", flush=True)
+                            notes.append(f"Redis under a cgroup limit: skipped, {memory.why}.")
+                        elif cgroup_runs:
+                            limit, dataset_rss, rdb = run_redis_cgroup(
+                                setups, parse_size(args.redis_big_size), args.redis_cgroup_factor, args.repeat, results,
+                                label, redis_setups, memory, every_redis[5:], failures)
+                            notes.append(f"Redis under a cgroup limit ({label}): an RDB of {human(rdb)} (DEBUG POPULATE, "
+                                         f"{BIG_VALUE}-byte values, rdbcompression no), {human(dataset_rss)} of RSS in "
+                                         f"Redis; memory cgroup v{memory.version} limit {human(limit)} "
+                                         f"({args.redis_cgroup_factor:g}x) holding redis-server and the setup's daemon; "
+                                         f"caches dropped before each restart.")
+                finally:
+                    if setups:
+                        setups.close()
     finally:
         if memory:
             memory.close()
