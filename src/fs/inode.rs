@@ -43,8 +43,8 @@ pub struct Node {
     /// The mode the backing object had when last stat'ed: a write checks it for set-id
     /// bits to clear without a stat of its own.
     mode: AtomicU32,
-    /// The backing pages that requests through page-cached handles used since they were
-    /// last dropped.
+    /// The backing pages that requests used since the last full window was dropped or
+    /// written out ([`super::behind`]).
     behind: Mutex<Windows>,
     /// Whether the file is known to have no file capability (security.capability): set
     /// when a look found none, cleared when one is set through the mount.

@@ -174,11 +174,9 @@ fn resident_pages(file: &File) -> (usize, usize) {
 #[test]
 fn page_cached_io_does_not_leave_the_ciphertext_cached_too() {
     let env = TestEnv::new();
-    let m = env.mounted(&[]);
-    if nix_statfs(&m.backing) == libc::TMPFS_MAGIC {
-        eprintln!("skipped: the backing directory is on a tmpfs, whose pages are its storage");
+    let Some(m) = mounted_off_tmpfs(&env) else {
         return;
-    }
+    };
     const LEN: u64 = 64 << 20;
     let path = m.path("cached");
     let file = OpenOptions::new()
@@ -187,10 +185,7 @@ fn page_cached_io_does_not_leave_the_ciphertext_cached_too() {
         .create_new(true)
         .open(&path)
         .unwrap();
-    for chunk in 0..LEN >> 20 {
-        file.write_all_at(&data(chunk, 1 << 20), chunk << 20)
-            .unwrap();
-    }
+    write_mib(&file, LEN >> 20);
     file.sync_all().unwrap();
     let mut reader = File::open(&path).unwrap();
     io::copy(&mut reader, &mut io::sink()).unwrap();
@@ -216,11 +211,9 @@ fn page_cached_io_does_not_leave_the_ciphertext_cached_too() {
 #[test]
 fn writes_that_bypass_the_page_cache_are_written_back_behind_them() {
     let env = TestEnv::new();
-    let m = env.mounted(&[]);
-    if nix_statfs(&m.backing) == libc::TMPFS_MAGIC {
-        eprintln!("skipped: the backing directory is on a tmpfs, whose pages are its storage");
+    let Some(m) = mounted_off_tmpfs(&env) else {
         return;
-    }
+    };
     const LEN: u64 = 128 << 20;
     let path = m.path("written");
     let file = OpenOptions::new()
@@ -228,10 +221,7 @@ fn writes_that_bypass_the_page_cache_are_written_back_behind_them() {
         .create_new(true)
         .open(&path)
         .unwrap();
-    for chunk in 0..LEN >> 20 {
-        file.write_all_at(&data(chunk, 1 << 20), chunk << 20)
-            .unwrap();
-    }
+    write_mib(&file, LEN >> 20);
     let backing = File::open(m.backing_path("written")).unwrap();
     let Some(dirty) = dirty_pages(&backing) else {
         eprintln!("skipped: no cachestat(2) on this kernel (Linux 6.5+)");
@@ -276,6 +266,26 @@ fn dirty_pages(file: &File) -> Option<u64> {
     }
     cvt(r as i32).unwrap();
     Some(stat[1])
+}
+
+/// A mount for the tests of what stays in the backing file's page cache, or None (the
+/// test is skipped) when the backing directory is on a tmpfs, whose pages are its
+/// storage: nothing is dropped or written back there.
+fn mounted_off_tmpfs(env: &TestEnv) -> Option<Mounted<'_>> {
+    let m = env.mounted(&[]);
+    if nix_statfs(&m.backing) == libc::TMPFS_MAGIC {
+        eprintln!("skipped: the backing directory is on a tmpfs, whose pages are its storage");
+        return None;
+    }
+    Some(m)
+}
+
+/// Writes `mib` MiB through `file`, 1 MiB (`data(i, 1 MiB)`) at a time from the start.
+fn write_mib(file: &File, mib: u64) {
+    for chunk in 0..mib {
+        file.write_all_at(&data(chunk, 1 << 20), chunk << 20)
+            .unwrap();
+    }
 }
 
 fn nix_statfs(path: &std::path::Path) -> libc::__fsword_t {
