@@ -842,20 +842,10 @@ fn command_that_hangs_is_killed_at_the_time_limit() {
         started.elapsed()
     );
 
-    let pid = fs::read_to_string(kms.dir.join("pid")).expect("the script wrote its pid");
-    let running = || {
-        fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
-            // The state follows the command name, which is in parentheses; Z is a zombie.
-            .is_ok_and(|stat| {
-                stat.rsplit_once(") ")
-                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-            })
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while running() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!running(), "the KMS command outlived its time limit");
+    assert!(
+        !kms.sleeper_still_running_after(Duration::from_secs(5)),
+        "the KMS command outlived its time limit"
+    );
 
     let output = env.xtsfs_with_env(
         &[("XTSFS_KMS_TIMEOUT", "soon")],

@@ -201,6 +201,33 @@ fn a_key_check_that_hangs_fails_at_its_deadline() {
     assert_unmounts_quickly(&env, &mut m);
 }
 
+/// A key check stuck in a KMS program when the volume is unmounted: the unmount does not
+/// wait for it, and the program (with what it started) does not outlive the daemon,
+/// although its own time limit (the check's 20 s) is far off.
+#[test]
+fn unmount_kills_a_kms_program_that_a_key_check_waits_for() {
+    let env = TestEnv::new();
+    let kms = Kms::new(&env, "stuck");
+    kms.add_version(&env, 1);
+    let mut m = env.initialized(&["--key", &kms.key()]);
+    m.mount(&[
+        "--key-check-interval",
+        "300ms",
+        "--key-check-timeout",
+        "20s",
+    ]);
+    kms.set("sleep", "60");
+    assert!(
+        kms.started_sleeping(Duration::from_secs(10)),
+        "no key check ran the program"
+    );
+    assert_unmounts_quickly(&env, &mut m);
+    assert!(
+        !kms.sleeper_still_running_after(Duration::from_secs(5)),
+        "the KMS program outlived the daemon"
+    );
+}
+
 // --- High: rollback -------------------------------------------------------------------------
 
 #[test]

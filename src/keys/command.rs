@@ -8,7 +8,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -225,6 +225,7 @@ impl CommandProvider {
                 detail: format!("cannot run it: {e}"),
             })?;
         let group = child.id() as libc::pid_t;
+        let _running = RunningGroup::register(group);
         let stdout = read_in_background(child.stdout.take(), MAX_REPLY_LEN);
         let stderr = read_in_background(child.stderr.take(), MAX_STDERR_LEN);
         if let Some(mut stdin) = child.stdin.take() {
@@ -445,6 +446,43 @@ fn read_in_background(
         let _ = tx.send(result);
     });
     rx
+}
+
+/// The process groups of the key programs running now. A program outlives the daemon
+/// that started it unless killed: an unmount does not wait for a key check stuck in a
+/// program, and exiting ends only the checks that run inside the daemon (PKCS#11), so
+/// the daemon kills these on its way out ([`kill_running_programs`]).
+static RUNNING: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+
+/// A program's entry in [`RUNNING`] while [`CommandProvider::run`] waits for it.
+struct RunningGroup(libc::pid_t);
+
+impl RunningGroup {
+    fn register(group: libc::pid_t) -> Self {
+        RUNNING
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(group);
+        RunningGroup(group)
+    }
+}
+
+impl Drop for RunningGroup {
+    fn drop(&mut self) {
+        RUNNING
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|&group| group != self.0);
+    }
+}
+
+/// Kills every key program still running, with whatever it started. For a daemon about
+/// to exit.
+pub fn kill_running_programs() {
+    let running = std::mem::take(&mut *RUNNING.lock().unwrap_or_else(PoisonError::into_inner));
+    for group in running {
+        kill_group(group);
+    }
 }
 
 fn kill_group(group: libc::pid_t) {

@@ -294,7 +294,8 @@ impl Running {
         if let Some((requests, handle)) = self.monitor {
             // The monitor never waits on a key check (checks run on threads of their
             // own), so it stops at once; still, unmount never waits on it for more than
-            // a moment. Exiting ends any check still stuck in a key service.
+            // a moment. Exiting ends any check still stuck in a key service inside the
+            // daemon (PKCS#11); one stuck in a key program is killed below.
             let _ = requests.send(MonitorRequest::Stop);
             let deadline = Instant::now() + MONITOR_STOP_WAIT;
             while !handle.is_finished() && Instant::now() < deadline {
@@ -306,6 +307,9 @@ impl Running {
                 tracing::warn!("the key monitor did not stop; exiting without it");
             }
         }
+        // A check stuck in a key program (`command:`) would otherwise leave the program
+        // running after the daemon is gone.
+        crate::keys::command::kill_running_programs();
         let _ = std::fs::remove_file(&self.status_path);
         if let Some(backing) = &self.ephemeral_backing {
             if let Err(e) = std::fs::remove_dir_all(backing.join(TREE_DIR)) {

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::{path_str, set_mode, TestEnv};
 
@@ -45,5 +46,34 @@ impl Kms {
 
     pub fn key(&self) -> String {
         format!("command:{}", self.program.display())
+    }
+
+    /// Waits up to `within` for a run of the script to write its pid before sleeping
+    /// (the `sleep` control file); whether one did.
+    pub fn started_sleeping(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while !self.dir.join("pid").exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.dir.join("pid").exists()
+    }
+
+    /// Whether the run of the script that wrote its pid is still running after up to
+    /// `within` (a zombie, waiting to be reaped, has ended).
+    pub fn sleeper_still_running_after(&self, within: Duration) -> bool {
+        let pid = fs::read_to_string(self.dir.join("pid")).expect("the script wrote its pid");
+        let running = || {
+            fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+                // The state follows the command name, which is in parentheses.
+                .is_ok_and(|stat| {
+                    stat.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+                })
+        };
+        let deadline = Instant::now() + within;
+        while running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        running()
     }
 }
