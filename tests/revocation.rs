@@ -175,22 +175,33 @@ fn header_lock_and_temporary_header_never_block() {
     assert_eq!(env.status_json(&backing)["protector"]["key_id"], "other");
 }
 
+/// A volume whose key is KMS program `name`, mounted with a key check every 300 ms
+/// under the deadline `timeout`, and `options`.
+fn mounted_under_kms<'a>(
+    env: &'a TestEnv,
+    name: &str,
+    timeout: &str,
+    options: &[&str],
+) -> (Kms, common::mount::Mounted<'a>) {
+    let kms = Kms::new(env, name);
+    kms.add_version(env, 1);
+    let mut m = env.initialized(&["--key", &kms.key()]);
+    let checks = [
+        "--key-check-interval",
+        "300ms",
+        "--key-check-timeout",
+        timeout,
+    ];
+    m.mount(&[&checks[..], options].concat());
+    (kms, m)
+}
+
 /// A KMS program that never answers in time: the check overruns its deadline, counts as
 /// failed, and (no grace) locks; unmount does not wait for the program.
 #[test]
 fn a_key_check_that_hangs_fails_at_its_deadline() {
     let env = TestEnv::new();
-    let kms = Kms::new(&env, "hang");
-    kms.add_version(&env, 1);
-    let mut m = env.initialized(&["--key", &kms.key()]);
-    m.mount(&[
-        "--key-check-interval",
-        "300ms",
-        "--key-check-timeout",
-        "1s",
-        "--key-unavailable-grace",
-        "0s",
-    ]);
+    let (kms, mut m) = mounted_under_kms(&env, "hang", "1s", &["--key-unavailable-grace", "0s"]);
     fs::write(m.path("data"), b"x").unwrap();
     kms.set("sleep", "60");
     assert!(
@@ -207,15 +218,7 @@ fn a_key_check_that_hangs_fails_at_its_deadline() {
 #[test]
 fn unmount_kills_a_kms_program_that_a_key_check_waits_for() {
     let env = TestEnv::new();
-    let kms = Kms::new(&env, "stuck");
-    kms.add_version(&env, 1);
-    let mut m = env.initialized(&["--key", &kms.key()]);
-    m.mount(&[
-        "--key-check-interval",
-        "300ms",
-        "--key-check-timeout",
-        "20s",
-    ]);
+    let (kms, mut m) = mounted_under_kms(&env, "stuck", "20s", &[]);
     kms.set("sleep", "60");
     assert!(
         kms.started_sleeping(Duration::from_secs(10)),
